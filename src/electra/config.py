@@ -1,0 +1,169 @@
+"""Typed configurations and the model-size registry.
+
+Field names follow Hugging Face's `ElectraConfig` so that conversion is a table, not a puzzle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from electra.errors import UserError
+
+Activation = Literal["gelu", "gelu_new", "gelu_pytorch_tanh", "relu"]
+
+
+@dataclass
+class ModelConfig:
+    """One transformer encoder (the generator or the discriminator)."""
+
+    vocab_size: int = 30522
+    """Number of word pieces in the vocabulary."""
+    embedding_size: int = 128
+    """Width of the (shared) token/position/type embeddings; projected when it differs from hidden_size."""
+    hidden_size: int = 256
+    """Width of the transformer layers."""
+    num_hidden_layers: int = 12
+    """Number of transformer layers."""
+    num_attention_heads: int = 4
+    """Attention heads per layer; must divide hidden_size."""
+    intermediate_size: int = 1024
+    """Width of the feed-forward layer."""
+    hidden_act: Activation = "gelu"
+    """Activation of the feed-forward layer and of the discriminator head."""
+    hidden_dropout_prob: float = 0.1
+    """Dropout on embeddings and layer outputs."""
+    attention_probs_dropout_prob: float = 0.1
+    """Dropout on attention probabilities."""
+    max_position_embeddings: int = 512
+    """Longest sequence the position table covers."""
+    type_vocab_size: int = 2
+    """Number of segment (token type) ids."""
+    layer_norm_eps: float = 1e-12
+    """LayerNorm epsilon (BERT/ELECTRA use 1e-12)."""
+    initializer_range: float = 0.02
+    """Standard deviation of the normal initialisation."""
+    pad_token_id: int = 0
+    """Id of [PAD]."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
+                     "num_attention_heads", "intermediate_size", "max_position_embeddings",
+                     "type_vocab_size"):
+            if int(getattr(self, name)) <= 0:
+                problems.append(f"{name} must be positive (got {getattr(self, name)})")
+        if self.num_attention_heads > 0 and self.hidden_size % self.num_attention_heads:
+            problems.append(f"hidden_size {self.hidden_size} is not divisible by "
+                            f"num_attention_heads {self.num_attention_heads}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                problems.append(f"{name} must be in [0, 1) (got {getattr(self, name)})")
+        if self.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu"):
+            problems.append(f"hidden_act {self.hidden_act!r} is not supported "
+                            "(use gelu, gelu_new, gelu_pytorch_tanh or relu)")
+        if problems:
+            raise UserError("invalid model config: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a dict, ignoring keys that are not fields (e.g. a full HF config.json)."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known and v is not None}
+        return cls(**kwargs)
+
+
+def generator_config(disc: ModelConfig, multiplier: float) -> ModelConfig:
+    """The generator for a discriminator: same depth and embeddings, `multiplier` x the width.
+
+    As in the official code: heads = hidden/64 (at least 1), feed-forward = 4 x hidden.
+    """
+    hidden = max(1, round(disc.hidden_size * multiplier))
+    heads = max(1, hidden // 64)
+    while hidden % heads:
+        heads -= 1
+    return dataclasses.replace(disc, hidden_size=hidden, num_attention_heads=heads,
+                               intermediate_size=4 * hidden)
+
+
+@dataclass
+class ElectraConfig:
+    """The discriminator and its generator, trained together."""
+
+    discriminator: ModelConfig = field(default_factory=ModelConfig)
+    generator: ModelConfig = field(default_factory=lambda: generator_config(ModelConfig(), 0.25))
+
+    def __post_init__(self) -> None:
+        shared = ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size",
+                  "pad_token_id")
+        bad = [n for n in shared if getattr(self.discriminator, n) != getattr(self.generator, n)]
+        if bad:
+            raise UserError("generator and discriminator share their embeddings, so they must agree "
+                            "on " + ", ".join(bad))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"discriminator": self.discriminator.to_dict(), "generator": self.generator.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ElectraConfig":
+        return cls(ModelConfig.from_dict(data["discriminator"]), ModelConfig.from_dict(data["generator"]))
+
+    def with_vocab(self, vocab_size: int, pad_token_id: int) -> "ElectraConfig":
+        return ElectraConfig(
+            dataclasses.replace(self.discriminator, vocab_size=vocab_size, pad_token_id=pad_token_id),
+            dataclasses.replace(self.generator, vocab_size=vocab_size, pad_token_id=pad_token_id))
+
+    def with_dropout(self, p: float) -> "ElectraConfig":
+        def drop(c: ModelConfig) -> ModelConfig:
+            return dataclasses.replace(c, hidden_dropout_prob=p, attention_probs_dropout_prob=p)
+        return ElectraConfig(drop(self.discriminator), drop(self.generator))
+
+
+def _size(multiplier: float, **disc: Any) -> ElectraConfig:
+    d = ModelConfig(**disc)
+    return ElectraConfig(d, generator_config(d, multiplier))
+
+
+# The paper's sizes (Clark et al. 2020, Table 6); generator widths small 1/4, base 1/3, large 1/4.
+# `tiny` is for tests and the demo. Adding a size is adding one entry.
+SIZES: dict[str, ElectraConfig] = {
+    "tiny": _size(0.25, embedding_size=64, hidden_size=128, num_hidden_layers=2,
+                  num_attention_heads=2, intermediate_size=512, max_position_embeddings=512),
+    "small": _size(0.25, embedding_size=128, hidden_size=256, num_hidden_layers=12,
+                   num_attention_heads=4, intermediate_size=1024),
+    "base": _size(1 / 3, embedding_size=768, hidden_size=768, num_hidden_layers=12,
+                  num_attention_heads=12, intermediate_size=3072),
+    "large": _size(0.25, embedding_size=1024, hidden_size=1024, num_hidden_layers=24,
+                   num_attention_heads=16, intermediate_size=4096),
+}
+
+
+def get_size(name: str) -> ElectraConfig:
+    """A copy of a registered size, or a clear error listing the known ones."""
+    if name not in SIZES:
+        raise UserError(f"unknown model size {name!r}; known sizes: {', '.join(SIZES)} "
+                        "(or pass a YAML file of model settings)")
+    return ElectraConfig.from_dict(SIZES[name].to_dict())
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """Read a JSON object, turning every failure into one clear line."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{what} {path} is not valid JSON ({e}); is the file complete?") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path} should hold a JSON object")
+    return data

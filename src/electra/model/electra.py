@@ -1,0 +1,162 @@
+"""The ELECTRA pretraining objective (Clark et al., ICLR 2020).
+
+mask 15% of tokens -> generator (small masked LM) predicts them -> replacements are *sampled*
+from its softmax (no gradient through sampling: not a GAN) -> the discriminator labels every
+token original/replaced -> loss = gen_weight * MLM + disc_weight * BCE. Embeddings are shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from electra.config import ElectraConfig
+from electra.errors import UserError
+from electra.model.heads import Discriminator, Generator
+from electra.model.rng import uniform
+
+STREAM_POSITIONS, STREAM_KEEP, STREAM_SAMPLE = 0, 1, 2
+
+
+@dataclass
+class ObjectiveConfig:
+    """Settings of the replaced-token-detection objective (defaults: the paper's)."""
+
+    mask_prob: float = 0.15
+    """Fraction of maskable tokens the generator must predict."""
+    mask_token_prob: float = 0.85
+    """Of those, the fraction replaced by [MASK]; the rest keep their token (no random replacement)."""
+    gen_weight: float = 1.0
+    """Weight of the generator's MLM loss."""
+    disc_weight: float = 50.0
+    """Weight of the discriminator's binary cross-entropy."""
+    temperature: float = 1.0
+    """Sampling temperature of the generator's softmax."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_prob < 1.0:
+            raise UserError(f"mask_prob must be in (0, 1) (got {self.mask_prob})")
+        if not 0.0 <= self.mask_token_prob <= 1.0:
+            raise UserError(f"mask_token_prob must be in [0, 1] (got {self.mask_token_prob})")
+        if self.gen_weight < 0 or self.disc_weight < 0:
+            raise UserError("gen_weight and disc_weight must be >= 0")
+        if self.temperature <= 0:
+            raise UserError(f"temperature must be > 0 (got {self.temperature})")
+
+    def max_predictions(self, seq_len: int) -> int:
+        """The official cap on masked positions per sequence."""
+        return max(1, int((self.mask_prob + 0.005) * seq_len))
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    pad: int
+    cls: int
+    sep: int
+    mask: int
+
+
+@dataclass
+class Masked:
+    input_ids: torch.Tensor  # (B, T) with [MASK] where chosen
+    positions: torch.Tensor  # (B, N) positions to predict (0 in unused slots)
+    valid: torch.Tensor  # (B, N) bool: slot is used
+    targets: torch.Tensor  # (B, N) original tokens at positions
+
+
+def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, example_index: torch.Tensor,
+                *, seed: int, step: int, special: SpecialIds, cfg: ObjectiveConfig) -> Masked:
+    """Choose round(mask_prob x maskable tokens) positions (at least 1, at most the cap) uniformly
+    at random among the non-special, non-padding tokens; put [MASK] in mask_token_prob of them."""
+    B, T = input_ids.shape
+    N = cfg.max_predictions(T)
+    specials = torch.tensor([special.pad, special.cls, special.sep, special.mask], device=input_ids.device)
+    maskable = attention_mask.bool() & ~torch.isin(input_ids, specials)  # (B, T)
+    n_maskable = maskable.sum(1)
+    n_predict = torch.round(n_maskable.float() * cfg.mask_prob).long().clamp(min=1, max=N)
+    n_predict = torch.minimum(n_predict, n_maskable)  # (B,)
+
+    keys = uniform(seed, step, example_index, STREAM_POSITIONS, T)
+    keys = torch.where(maskable, keys, 2.0)  # non-maskable sort last
+    positions = torch.argsort(keys, dim=1, stable=True)[:, :N]  # (B, N): a uniform random subset
+    valid = torch.arange(N, device=input_ids.device)[None, :] < n_predict[:, None]
+    positions = torch.where(valid, positions, 0)
+    targets = torch.gather(input_ids, 1, positions)
+
+    use_mask = uniform(seed, step, example_index, STREAM_KEEP, N) < cfg.mask_token_prob
+    values = torch.where(valid & use_mask, special.mask, targets)
+    return Masked(input_ids.scatter(1, positions, values), positions, valid, targets)
+
+
+def sample_tokens(logits: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Inverse-CDF sampling from softmax(logits / temperature) in fp32: (B, N, V), (B, N) -> (B, N).
+
+    One uniform per slot (not per vocabulary entry) keeps counter-based randomness cheap.
+    """
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    cdf = torch.cumsum(probs, dim=-1)  # (B, N, V)
+    target = u[..., None] * cdf[..., -1:]  # scale by the total so rounding never runs off the end
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
+
+
+@dataclass
+class PretrainOutput:
+    loss: torch.Tensor  # scalar, differentiable
+    metrics: dict[str, torch.Tensor]  # detached scalars, still on device (no host sync per step)
+    corrupted_ids: torch.Tensor  # (B, T) what the discriminator saw
+    labels: torch.Tensor  # (B, T) 1 = replaced
+
+
+class ElectraForPretraining(nn.Module):
+    """Generator + discriminator with shared embeddings, and the joint loss."""
+
+    def __init__(self, cfg: ElectraConfig, special: SpecialIds, objective: ObjectiveConfig | None = None):
+        super().__init__()
+        self.config = cfg
+        self.special = special
+        self.objective = objective or ObjectiveConfig()
+        self.discriminator = Discriminator(cfg.discriminator)
+        self.generator = Generator(cfg.generator, embeddings=self.discriminator.encoder.embeddings)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                example_index: torch.Tensor, *, step: int, seed: int) -> PretrainOutput:
+        """input_ids, attention_mask, token_type_ids: (B, T); example_index: (B,) global indices."""
+        obj = self.objective
+        m = mask_tokens(input_ids, attention_mask, example_index, seed=seed, step=step,
+                        special=self.special, cfg=obj)
+        gen_logits = self.generator(m.input_ids, attention_mask, token_type_ids, m.positions)  # (B, N, V)
+        n_valid = m.valid.sum().clamp(min=1)
+        gen_nll = F.cross_entropy(gen_logits.float().flatten(0, 1), m.targets.flatten(), reduction="none")
+        gen_loss = (gen_nll * m.valid.flatten()).sum() / n_valid
+
+        with torch.no_grad():
+            u = uniform(seed, step, example_index, STREAM_SAMPLE, m.positions.shape[1])
+            sampled = sample_tokens(gen_logits.detach(), u, obj.temperature)
+            corrupted = input_ids.scatter(1, m.positions, torch.where(m.valid, sampled, m.targets))
+            labels = (corrupted != input_ids).float()  # a sample equal to the original is "original"
+
+        disc_logits = self.discriminator(corrupted, attention_mask, token_type_ids)  # (B, T)
+        weights = attention_mask.float()
+        bce = F.binary_cross_entropy_with_logits(disc_logits.float(), labels, reduction="none")
+        n_tokens = weights.sum().clamp(min=1)
+        disc_loss = (bce * weights).sum() / n_tokens
+        loss = obj.gen_weight * gen_loss + obj.disc_weight * disc_loss
+
+        with torch.no_grad():
+            gen_acc = ((gen_logits.argmax(-1) == m.targets) & m.valid).sum() / n_valid
+            pred = (disc_logits > 0).float() * weights
+            tp = (pred * labels).sum()
+            metrics = {
+                "loss": loss.detach(),
+                "gen_loss": gen_loss.detach(),
+                "gen_acc": gen_acc,
+                "disc_loss": disc_loss.detach(),
+                "disc_acc": ((pred == labels).float() * weights).sum() / n_tokens,
+                "disc_precision": tp / pred.sum().clamp(min=1),
+                "disc_recall": tp / labels.sum().clamp(min=1),
+                "replaced_frac": labels.sum() / n_tokens,
+            }
+        return PretrainOutput(loss, metrics, corrupted, labels)

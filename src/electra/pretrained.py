@@ -1,0 +1,252 @@
+"""Saving and loading models: our model/run directories, Hugging Face ELECTRA directories, hub ids.
+
+Our directory (a checkpoint `step-00001000/` or an exported model) holds `electra.json` (the
+resolved configuration), `model.safetensors` and the tokenizer files. A run directory holds
+`step-*/` checkpoints; the newest intact one is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+
+from electra import hf
+from electra.config import ElectraConfig, ModelConfig, read_json
+from electra.data.tokenizer import (TOKENIZER_FILES, check_vocab, is_lowercase, load_tokenizer, save_tokenizer,
+                                    special_ids)
+from electra.errors import UserError
+from electra.model.electra import ElectraForPretraining, SpecialIds
+from electra.model.heads import Discriminator, Generator
+
+ELECTRA_JSON = "electra.json"
+WEIGHTS = "model.safetensors"
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+@dataclass
+class Pretrained:
+    """What a --model source gave: either network (or both), the tokenizer and where it came from."""
+
+    discriminator: Discriminator | None
+    generator: Generator | None
+    tokenizer: Tokenizer
+    special: SpecialIds
+    directory: Path
+    format: str  # "electra" or "huggingface"
+    has_disc_head: bool = True
+    meta: dict | None = None  # electra.json of our directories
+
+    def require(self, network: str) -> torch.nn.Module:
+        net = getattr(self, network)
+        if net is None or (network == "discriminator" and not self.has_disc_head):
+            have = [n for n in ("discriminator", "generator") if getattr(self, n) is not None]
+            raise UserError(f"{self.directory} has no {network} (it has: {', '.join(have) or 'an encoder only'}); "
+                            f"pass a model that includes the {network}")
+        return net
+
+
+
+def pretraining_state(model: ElectraForPretraining) -> dict[str, torch.Tensor]:
+    """The state to save: the generator's embeddings are the discriminator's, so stored once."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("generator.encoder.embeddings.")}
+
+
+def load_pretraining_state(model: ElectraForPretraining, state: dict[str, torch.Tensor], where: Path) -> None:
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise UserError(f"the weights in {where} do not fit its configuration ({str(e).splitlines()[-1].strip()})") from None
+    missing = [k for k in missing if not k.startswith("generator.encoder.embeddings.")]
+    if missing or unexpected:
+        raise UserError(f"the weights in {where} do not match an ELECTRA pretraining model "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+
+
+def write_model_dir(directory: Path, state: dict[str, torch.Tensor], meta: dict, tokenizer_dir: Path | None,
+                    tokenizer: Tokenizer | None = None) -> None:
+    """Write weights, electra.json and tokenizer files into a fresh directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(directory / WEIGHTS),
+              metadata={"format": "pt"})
+    if tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            if (tokenizer_dir / name).is_file():
+                shutil.copyfile(tokenizer_dir / name, directory / name)
+    elif tokenizer is not None:
+        save_tokenizer(tokenizer, directory, lowercase=is_lowercase(tokenizer))
+    (directory / ELECTRA_JSON).write_text(json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2) + "\n",
+                                          encoding="utf-8")
+
+
+def step_dirs(run: Path) -> list[Path]:
+    """Checkpoint directories of a run, newest first."""
+    if not run.is_dir():
+        return []
+    found = [p for p in run.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def is_intact(ckpt: Path) -> bool:
+    """A checkpoint is intact when its config parses and its weights file has a readable header."""
+    try:
+        read_json(ckpt / ELECTRA_JSON, "checkpoint config")
+        with open(ckpt / WEIGHTS, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            size = os.fstat(f.fileno()).st_size
+        return 8 + header_len <= size and _safetensors_complete(ckpt / WEIGHTS)
+    except (UserError, OSError):
+        return False
+
+
+def _safetensors_complete(path: Path) -> bool:
+    """True when every tensor's byte range lies inside the file (a truncated copy fails)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            return False
+        size = os.fstat(f.fileno()).st_size
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return 8 + n + max(ends, default=0) == size
+
+
+def newest_checkpoint(run: Path, warn=True) -> Path | None:
+    for ckpt in step_dirs(run):
+        if is_intact(ckpt):
+            return ckpt
+        if warn:
+            print(f"electra: warning: checkpoint {ckpt} is incomplete or corrupt; using an earlier one",
+                  file=sys.stderr)
+    return None
+
+
+def resolve(src: str) -> Path:
+    """A --model argument -> a local directory (our model dir, a checkpoint, or an HF directory)."""
+    path = Path(src).expanduser()
+    if path.is_dir():
+        if (path / ELECTRA_JSON).is_file() or (path / "config.json").is_file():
+            return path
+        if step_dirs(path):
+            ckpt = newest_checkpoint(path)
+            if ckpt is None:
+                raise UserError(f"no intact checkpoint in {path}: every step-* directory is incomplete or corrupt")
+            return ckpt
+        if (path / "discriminator" / "config.json").is_file():  # an `electra export` output
+            return path / "discriminator"
+        raise UserError(f"{path} is not a model directory: it has no electra.json, config.json "
+                        "or step-* checkpoints")
+    if path.exists():
+        raise UserError(f"--model must be a directory, but {path} is a file")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", src) and not src.startswith("."):
+        return _from_hub(src)
+    raise UserError(f"model directory not found: {src}")
+
+
+def _from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError(f"{repo_id} is not a local directory, and fetching it from the Hugging Face hub needs "
+                        "`pip install huggingface_hub`; or pass a local directory") from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.bin"]))
+    except Exception as e:
+        raise UserError(f"{repo_id} is not a local directory and could not be fetched from the Hugging Face hub "
+                        f"({type(e).__name__}); when offline, download it elsewhere and pass the local directory") from None
+
+
+def load_pretrained(src: str | Path) -> Pretrained:
+    directory = resolve(str(src))
+    if (directory / ELECTRA_JSON).is_file():
+        return _load_ours(directory)
+    return _load_hf(directory)
+
+
+def _load_ours(directory: Path) -> Pretrained:
+    meta = read_json(directory / ELECTRA_JSON, "model config")
+    try:
+        cfg = ElectraConfig.from_dict(meta["model"])
+    except (KeyError, TypeError) as e:
+        raise UserError(f"{directory / ELECTRA_JSON} lacks a valid 'model' section ({e})") from None
+    tok = load_tokenizer(directory)
+    check_vocab(tok, cfg.discriminator.vocab_size, str(directory))
+    special = special_ids(tok, f"the tokenizer in {directory}")
+    try:
+        state = load_file(str(directory / WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"the weights {directory / WEIGHTS} cannot be read ({e}); the checkpoint may be "
+                        "truncated or corrupt") from None
+    model = ElectraForPretraining(cfg, special)
+    load_pretraining_state(model, state, directory)
+    return Pretrained(model.discriminator, model.generator, tok, special, directory, "electra", meta=meta)
+
+
+def _load_hf(directory: Path) -> Pretrained:
+    config = hf.read_hf_config(directory)
+    cfg = ModelConfig.from_dict(config)
+    tok = load_tokenizer(directory)
+    check_vocab(tok, cfg.vocab_size, str(directory))
+    special = special_ids(tok, f"the tokenizer in {directory}")
+    weights = hf.normalize_hf_keys(hf.load_hf_weights(directory))
+    disc = gen = None
+    has_head = True
+    if "generator_predictions.dense.weight" in weights:
+        gen = Generator(cfg)
+        _load_net(gen, hf.from_hf(weights, cfg, hf.HEADS["generator"]), directory)
+    else:
+        has_head = "discriminator_predictions.dense.weight" in weights
+        disc = Discriminator(cfg)
+        _load_net(disc, hf.from_hf(weights, cfg, hf.HEADS["discriminator"]), directory,
+                  optional_prefix=None if has_head else "head.")
+    return Pretrained(disc, gen, tok, special, directory, "huggingface", has_disc_head=has_head)
+
+
+def _load_net(net: torch.nn.Module, state: dict[str, torch.Tensor], directory: Path,
+              optional_prefix: str | None = None) -> None:
+    try:
+        missing, _ = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise UserError(f"the weights in {directory} do not fit its config.json "
+                        f"({str(e).splitlines()[-1].strip()})") from None
+    if optional_prefix:
+        missing = [k for k in missing if not k.startswith(optional_prefix)]
+    if missing:
+        raise UserError(f"the weights in {directory} lack {len(missing)} tensors of an ELECTRA encoder "
+                        f"(first: {missing[0]}); is it an ELECTRA checkpoint?")
+
+
+def export_hf(model: Pretrained, out: Path, overwrite: bool = False) -> list[Path]:
+    """Write OUT/discriminator/ and/or OUT/generator/ in Hugging Face format, with tokenizer files."""
+    written = []
+    for network in ("discriminator", "generator"):
+        net = getattr(model, network)
+        if net is None or (network == "discriminator" and not model.has_disc_head):
+            continue
+        target = out / network
+        if target.exists() and any(target.iterdir()) and not overwrite:
+            raise UserError(f"{target} already exists and is not empty; choose another --out or pass --overwrite")
+        tmp = out / f".{network}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        state = hf.to_hf(net.state_dict(), net.config, hf.HEADS[network])
+        hf.save_hf_dir(tmp, state, hf.hf_config(net.config, hf.ARCHITECTURE[network]))
+        save_tokenizer(model.tokenizer, tmp, lowercase=is_lowercase(model.tokenizer),
+                       max_length=net.config.max_position_embeddings)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)  # atomic: a reader sees the old export or the whole new one
+        written.append(target)
+    if not written:
+        raise UserError(f"{model.directory} has neither a discriminator nor a generator to export")
+    return written

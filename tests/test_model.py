@@ -1,0 +1,70 @@
+"""The encoder and networks: padding invariance, save/load, the size registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from electra.config import SIZES, get_size
+from electra.errors import UserError
+from electra.model.electra import ElectraForPretraining
+from electra.pretrained import load_pretrained, pretraining_state, write_model_dir
+
+from conftest import perturb, random_batch, tiny_config
+
+
+def test_padded_equals_unpadded(special):
+    torch.manual_seed(0)
+    model = ElectraForPretraining(tiny_config(120), special).eval()
+    perturb(model)
+    ids, mask, types = random_batch(120, special, B=3, T=20, pad_lengths=[20, 13, 6])
+    with torch.no_grad():
+        disc = model.discriminator(ids, mask, types)
+        gen = model.generator(ids, mask, types)
+        for b, n in enumerate([20, 13, 6]):
+            alone = model.discriminator(ids[b:b + 1, :n], None, types[b:b + 1, :n])
+            assert (alone[0] - disc[b, :n]).abs().max() <= 1e-5
+            alone_gen = model.generator(ids[b:b + 1, :n], torch.ones(1, n, dtype=torch.long), types[b:b + 1, :n])
+            assert (alone_gen[0] - gen[b, :n]).abs().max() <= 1e-5
+
+
+def test_save_load_round_trip(tmp_path, tokenizer_dir, special):
+    cfg = tiny_config(120)
+    torch.manual_seed(0)
+    model = ElectraForPretraining(cfg, special).eval()
+    perturb(model)
+    write_model_dir(tmp_path, pretraining_state(model), {"model": cfg.to_dict()}, tokenizer_dir)
+    loaded = load_pretrained(tmp_path)
+    assert loaded.format == "electra"
+    for name, net in (("discriminator", model.discriminator), ("generator", model.generator)):
+        theirs = getattr(loaded, name).state_dict()
+        for k, v in net.state_dict().items():
+            assert torch.equal(v, theirs[k]), (name, k)
+    # the generator's embeddings are the discriminator's after loading too
+    assert torch.equal(loaded.generator.encoder.embeddings.word.weight,
+                       loaded.discriminator.encoder.embeddings.word.weight)
+
+
+def test_sizes_registry():
+    assert set(SIZES) >= {"tiny", "small", "base", "large"}
+    widths = {name: (c.discriminator.hidden_size, c.generator.hidden_size) for name, c in SIZES.items()}
+    assert widths["small"] == (256, 64)  # 1/4
+    assert widths["base"] == (768, 256)  # 1/3
+    assert widths["large"] == (1024, 256)  # 1/4
+    for c in SIZES.values():
+        assert c.generator.num_hidden_layers == c.discriminator.num_hidden_layers
+        assert c.generator.embedding_size == c.discriminator.embedding_size
+    tiny = ElectraForPretraining(get_size("tiny"), special=None)  # type: ignore[arg-type]
+    n_params = sum(p.numel() for p in tiny.parameters())
+    assert n_params < 5_000_000, n_params
+    small_disc = sum(p.numel() for p in ElectraForPretraining(get_size("small"), None).discriminator.parameters())  # type: ignore[arg-type]
+    assert 13_000_000 < small_disc < 14_500_000  # the paper: 14M
+
+
+def test_bad_configs():
+    with pytest.raises(UserError, match="unknown model size 'huge'"):
+        get_size("huge")
+    with pytest.raises(UserError, match="not divisible"):
+        tiny_config(120, num_attention_heads=5)
+    with pytest.raises(UserError, match="hidden_dropout_prob"):
+        tiny_config(120, hidden_dropout_prob=1.5)
