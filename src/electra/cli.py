@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -41,6 +42,7 @@ def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, hint, help
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+    help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
     kw: dict = {"help": help_text}
     positional = p.kind is not inspect.Parameter.KEYWORD_ONLY
     flag = "--" + p.name.rstrip("_").replace("_", "-")
@@ -124,6 +126,9 @@ def run(commands: dict, argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("electra: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # noqa: BLE001 - one line for the user, the traceback behind --debug
         if debug:
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Literal
 
 from electra.errors import UserError
 
@@ -28,11 +29,18 @@ def detect(text: str, *, model: str, json_: bool = False, threshold: float = 0.5
     tokens, probs = detect_replaced(load_pretrained(model), text)
     if json_:
         print(json.dumps({"tokens": tokens, "replaced_prob": [round(p, 6) for p in probs]}, ensure_ascii=False))
-        return
+    else:
+        print_detection(tokens, probs, threshold)
+
+
+def print_detection(tokens: list[str], probs: list[float], threshold: float = 0.5, table: bool = True) -> None:
+    """The text with likely replacements highlighted (colour on a terminal, [brackets] otherwise),
+    then one row per word piece with its probability."""
     color = sys.stdout.isatty()
     marked = [_highlight(t, color) if p > threshold else t for t, p in zip(tokens, probs)]
     print(" ".join(marked).replace(" ##", ""))
-    print()
+    if not table:
+        return
     width = max(len(t) for t in tokens)
     for t, p in zip(tokens, probs):
         flag = "  <- likely replaced" if p > threshold else ""
@@ -81,7 +89,141 @@ def export(*, model: str, out: Path, overwrite: bool = False) -> None:
         print(f"wrote {path}")
 
 
+def tokenizer_train(*, corpus: list[str], vocab_size: int = 30522, out: Path, cased: bool = False,
+                    min_frequency: int = 2, text_field: str = "text") -> None:
+    """Train a WordPiece vocabulary on a corpus (Hugging Face `tokenizers`, BERT-style normalisation).
+
+    Lower-cases and strips accents unless --cased; Chinese, Japanese and Korean characters become
+    single characters. Writes tokenizer.json and vocab.txt (loadable by AutoTokenizer) into OUT.
+
+    Args:
+        corpus: text files (.txt, .jsonl, optionally .gz) or directories of them
+        vocab_size: number of word pieces, special tokens included
+        out: directory to write the tokenizer into
+        cased: keep case and accents
+        min_frequency: ignore pieces seen fewer times than this
+        text_field: the field holding the text in .jsonl files
+    """
+    from electra.data.corpus import corpus_files, iter_lines
+    from electra.data.tokenizer import save_tokenizer, train_tokenizer
+
+    files = corpus_files(corpus)
+    if min_frequency < 1:
+        raise UserError(f"--min-frequency must be at least 1 (got {min_frequency})")
+    tok = train_tokenizer(iter_lines(files, text_field), vocab_size, lowercase=not cased,
+                          min_frequency=min_frequency, show_progress=sys.stderr.isatty())
+    if tok.get_vocab_size() <= 5:
+        raise UserError("the corpus gave no vocabulary; is it UTF-8 text?")
+    save_tokenizer(tok, out, lowercase=not cased)
+    print(f"wrote {out}/tokenizer.json and vocab.txt ({tok.get_vocab_size()} tokens)")
+
+
+def prepare(*, corpus: list[str], tokenizer: Path, out: Path, seq_len: int = 128, workers: int = 0, seed: int = 0,
+            val_every: int = 100, text_field: str = "text", split_sentences: bool = True,
+            overwrite: bool = False) -> None:
+    """Tokenize a corpus into pretraining examples: memory-mappable token shards plus a manifest.
+
+    Reads plain text (one paragraph or sentence per line, a blank line between documents) and .jsonl
+    with a text field, gzip-compressed or not; directories expand to their files. Examples are built as
+    the official ELECTRA code does ([CLS] A [SEP] B [SEP], segments from one document). Undecodable
+    lines are skipped and counted.
+
+    Args:
+        corpus: text files or directories
+        tokenizer: a tokenizer directory (from `electra tokenizer train`, or a Hugging Face model's)
+        out: directory to write shards and manifest.json into
+        seq_len: tokens per example
+        workers: tokenizer processes (0: one per CPU core)
+        seed: seed of the example builder's random choices
+        val_every: hold out every N-th document for validation (0: none)
+        text_field: the field holding the text in .jsonl files
+        split_sentences: split paragraph lines into sentences before packing
+        overwrite: replace an existing prepared directory at OUT
+    """
+    from electra.data.prepare import prepare as run_prepare
+
+    if workers < 0:
+        raise UserError(f"--workers must be >= 0 (got {workers})")
+    m = run_prepare(corpus, tokenizer, out, seq_len, workers=workers, seed=seed, val_every=val_every,
+                    text_field=text_field, split_sentences=split_sentences, overwrite=overwrite,
+                    progress=sys.stderr.isatty())
+    c = m["corpus"]
+    print(f"wrote {out}: {m['train']['examples']:,} train and {m['validation']['examples']:,} validation examples "
+          f"of {m['seq_len']} tokens ({m['tokens']:,} tokens) from {c['documents']:,} documents; "
+          f"{c['skipped_lines']} undecodable lines skipped; {m['mb_per_s']} MB/s")
+
+
+def pretrain(*, data: Path, model: str = "small", out: Path, max_steps: int | None = None,
+             batch_size: int | None = None, lr: float | None = None, seed: int | None = None,
+             save_every: int | None = None, resume: bool = False, dropout: float | None = None,
+             time_budget: str | None = None, precision: Literal["fp32", "bf16", "fp16"] | None = None,
+             grad_accum: int | None = None, compile: bool = False, warmup_steps: int | None = None,
+             eval_every: int | None = None, log_every: int | None = None, keep_last: int | None = None,
+             tokenizer: Path | None = None) -> None:
+    """Pretrain ELECTRA (generator + discriminator) on data made by `electra prepare`.
+
+    AdamW (weight decay 0.01, none on LayerNorm and biases), linear warm-up then linear decay,
+    clipping at 1.0. Checkpoints go to OUT/step-XXXXXXXX/ (atomic; the last K kept); metrics to
+    OUT/metrics.jsonl and OUT/curves.png. SIGTERM/SIGINT save a checkpoint and stop; --resume
+    continues exactly where the newest intact checkpoint left off. Settings: defaults < the YAML
+    file given as --model < these flags.
+
+    Args:
+        data: a directory written by `electra prepare`
+        model: a size (tiny, small, base, large) or a YAML file of model/objective/train settings
+        out: the run directory (checkpoints, metrics, plots)
+        max_steps: optimizer steps (default 10000)
+        batch_size: global batch size in examples (default 128)
+        lr: peak learning rate (default: the paper's for the size; tiny 1e-3)
+        seed: seed of initialisation, data order, masking and sampling (default 0)
+        save_every: steps between checkpoints (default 1000)
+        resume: continue from the newest intact checkpoint in OUT
+        dropout: override hidden and attention dropout of both networks
+        time_budget: stop with a checkpoint after this long, e.g. 45m or 2h
+        precision: fp32, or bf16/fp16 mixed precision where the hardware has it (default fp32)
+        grad_accum: micro-batches per optimizer step (default 1)
+        compile: torch.compile each transformer layer
+        warmup_steps: linear warm-up steps (default 10% of max-steps, at most 10000)
+        eval_every: steps between validation passes (default 500; 0 = never)
+        log_every: steps between rows of metrics.jsonl (default 10)
+        keep_last: checkpoints to keep (default 3)
+        tokenizer: the tokenizer directory (default: the copy inside DATA)
+    """
+    from electra.train.optim import parse_duration
+    from electra.train.pretrain import pretrain as run_pretrain
+
+    flags = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed, save_every=save_every,
+                 precision=precision, grad_accum=grad_accum, warmup_steps=warmup_steps, eval_every=eval_every,
+                 log_every=log_every, keep_last=keep_last, time_budget_s=parse_duration(time_budget),
+                 compile=compile or None, dropout=dropout)
+    run_pretrain(data, model, out, resume=resume, tokenizer=tokenizer, progress=sys.stderr.isatty(), **flags)
+
+
+def demo(*, out: Path = Path("demo-run"), steps: int = 1500, batch_size: int = 32, lr: float = 1e-3) -> None:
+    """Pretrain a tiny ELECTRA on the bundled English Wikipedia sample and show it working.
+
+    Trains a tokenizer, prepares examples, pretrains for a few minutes on 2 CPU cores, exports the
+    model in Hugging Face format, then shows the discriminator spotting swapped words and the
+    generator filling masks.
+
+    Args:
+        out: directory for everything the demo makes (replaced if it holds an earlier demo)
+        steps: pretraining steps
+        batch_size: examples per step
+        lr: peak learning rate
+    """
+    from electra.demo import run_demo
+
+    if steps <= 0 or batch_size <= 0:
+        raise UserError("--steps and --batch-size must be positive")
+    run_demo(out, steps, batch_size, lr, progress=sys.stderr.isatty())
+
+
 COMMANDS: dict = {
+    "demo": demo,
+    "tokenizer": {"train": tokenizer_train},
+    "prepare": prepare,
+    "pretrain": pretrain,
     "detect": detect,
     "fill-mask": fill_mask,
     "export": export,

@@ -16,6 +16,16 @@ from electra.errors import UserError
 Activation = Literal["gelu", "gelu_new", "gelu_pytorch_tanh", "relu"]
 
 
+@dataclass(frozen=True)
+class SpecialIds:
+    """Ids of the special tokens the objective needs."""
+
+    pad: int
+    cls: int
+    sep: int
+    mask: int
+
+
 @dataclass
 class ModelConfig:
     """One transformer encoder (the generator or the discriminator)."""
@@ -167,3 +177,118 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{what} {path} should hold a JSON object")
     return data
+
+
+# Peak learning rates of the paper (Table 6); tiny is ours.
+DEFAULT_LR = {"tiny": 1e-3, "small": 5e-4, "base": 2e-4, "large": 2e-4}
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class PretrainConfig:
+    """Training settings of `electra pretrain` (defaults: the paper's ELECTRA-Small recipe, shorter)."""
+
+    max_steps: int = 10000
+    """Optimizer steps to train for."""
+    batch_size: int = 128
+    """Global batch size: examples per optimizer step, over all micro-batches and processes."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (batch_size must be divisible by it)."""
+    lr: float = 5e-4
+    """Peak learning rate."""
+    warmup_steps: int = -1
+    """Linear warm-up steps; -1: 10% of max_steps, at most 10000 (the paper's)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (none on LayerNorm parameters and biases)."""
+    adam_eps: float = 1e-6
+    """AdamW epsilon."""
+    clip_grad_norm: float = 1.0
+    """Gradient clipping by global norm."""
+    seed: int = 0
+    """Seed of initialisation, data order, masking and sampling."""
+    precision: Precision = "fp32"
+    """fp32, or bf16/fp16 mixed precision (on hardware that has it)."""
+    compile: bool = False
+    """torch.compile each transformer layer."""
+    save_every: int = 1000
+    """Steps between checkpoints."""
+    keep_last: int = 3
+    """Checkpoints to keep."""
+    log_every: int = 10
+    """Steps between metric rows in metrics.jsonl."""
+    eval_every: int = 500
+    """Steps between validation passes on the held-out split (0: never)."""
+    eval_batches: int = 10
+    """Batches per validation pass."""
+    time_budget_s: float | None = None
+    """Stop (with a checkpoint) after this many seconds of training."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("max_steps", "batch_size", "grad_accum", "save_every", "keep_last", "log_every",
+                     "eval_batches"):
+            if int(getattr(self, name)) <= 0:
+                problems.append(f"{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
+        if not 0 < self.lr < 1:
+            problems.append(f"lr must be positive and below 1 (got {self.lr}; AdamW rates are usually 1e-5 to 1e-2)")
+        if self.eval_every < 0:
+            problems.append(f"eval-every must be >= 0 (got {self.eval_every})")
+        if self.batch_size > 0 and self.grad_accum > 0 and self.batch_size % self.grad_accum:
+            problems.append(f"batch-size {self.batch_size} is not divisible by grad-accum {self.grad_accum}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            problems.append(f"precision must be fp32, bf16 or fp16 (got {self.precision})")
+        if problems:
+            raise UserError("; ".join(problems))
+
+    @property
+    def resolved_warmup(self) -> int:
+        return min(10000, self.max_steps // 10) if self.warmup_steps < 0 else self.warmup_steps
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} should hold a mapping of settings")
+    known = {"model", "generator_size", "discriminator", "generator", "objective", "train"}
+    unknown = set(data) - known
+    if unknown:
+        raise UserError(f"{path}: unknown sections {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    return data
+
+
+def model_from_spec(spec: str) -> tuple[ElectraConfig, dict[str, Any], str]:
+    """A size name or a YAML file -> (model config, the YAML's other sections, base size name)."""
+    if spec in SIZES:
+        return get_size(spec), {}, spec
+    if not spec.endswith((".yaml", ".yml")) and not Path(spec).is_file():
+        get_size(spec)  # raises the "unknown size" error listing the known ones
+    data = load_yaml(Path(spec))
+    base = data.get("model", "small")
+    cfg = get_size(base)
+    disc = dataclasses.replace(cfg.discriminator, **_checked(data.get("discriminator", {}), ModelConfig, spec))
+    if "generator_size" in data:
+        gen = generator_config(disc, float(data["generator_size"]))
+    else:
+        gen = dataclasses.replace(cfg.generator, **{k: getattr(disc, k) for k in (
+            "vocab_size", "embedding_size", "num_hidden_layers", "max_position_embeddings", "type_vocab_size",
+            "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps")})
+    gen = dataclasses.replace(gen, **_checked(data.get("generator", {}), ModelConfig, spec))
+    return ElectraConfig(disc, gen), data, base
+
+
+def _checked(overrides: dict[str, Any], cls, where: str) -> dict[str, Any]:
+    if not isinstance(overrides, dict):
+        raise UserError(f"{where}: expected a mapping of {cls.__name__} settings")
+    known = {f.name for f in fields(cls)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise UserError(f"{where}: unknown {cls.__name__} settings {', '.join(sorted(unknown))}")
+    return overrides

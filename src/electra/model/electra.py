@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from electra.config import ElectraConfig
+from electra.config import ElectraConfig, SpecialIds
 from electra.errors import UserError
 from electra.model.heads import Discriminator, Generator
 from electra.model.rng import uniform
@@ -49,14 +49,6 @@ class ObjectiveConfig:
     def max_predictions(self, seq_len: int) -> int:
         """The official cap on masked positions per sequence."""
         return max(1, int((self.mask_prob + 0.005) * seq_len))
-
-
-@dataclass(frozen=True)
-class SpecialIds:
-    pad: int
-    cls: int
-    sep: int
-    mask: int
 
 
 @dataclass

@@ -1,0 +1,92 @@
+"""`electra demo`: pretrain a tiny ELECTRA on the bundled Wikipedia sample and show it working."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+
+from electra.errors import UserError
+
+MARKER = ".electra-demo"
+# (sentence, words swapped in): the swaps make no sense in context; the discriminator should flag them.
+CORRUPTED = [
+    ("The river flows through the old town and into the sea.", "The river flows through the old town and into the democracy."),
+    ("She studied music in Paris and later taught at a school in Berlin.",
+     "She studied music in Paris and later taught at a protein in Berlin."),
+    ("The war ended in 1945, and the city was rebuilt over the next decade.",
+     "The war ended in 1945, and the city was rebuilt over the next molecule."),
+    ("The company sells its products in more than forty countries.",
+     "The company sells its products in more than forty symphonies."),
+]
+FILL_MASK = ["The capital of France is [MASK].", "He was born in 1920 and [MASK] in 1985.",
+             "The city is located on the [MASK] of the river."]
+
+
+def sample_path() -> Path:
+    return Path(str(resources.files("electra") / "assets" / "wiki_sample.txt.gz"))
+
+
+def _fresh_dir(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise UserError(f"{out} exists and is not a demo directory; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by `electra demo`; safe to delete\n")
+
+
+def run_demo(out: Path, steps: int, batch_size: int, lr: float, progress: bool) -> dict:
+    from electra.commands import print_detection
+    from electra.data.corpus import iter_lines
+    from electra.data.dataset import PretrainingData
+    from electra.data.prepare import prepare
+    from electra.data.tokenizer import save_tokenizer, train_tokenizer
+    from electra.evaluation import replaced_token_auc
+    from electra.inference import detect_replaced, fill_mask
+    from electra.pretrained import export_hf, load_pretrained
+    from electra.train.pretrain import pretrain
+
+    _fresh_dir(out)
+    corpus = [sample_path()]
+    print(f"[1/5] training a WordPiece tokenizer on the bundled Wikipedia sample ({corpus[0].stat().st_size / 1e6:.1f} MB gzip)")
+    tok = train_tokenizer(iter_lines(corpus), 8192, show_progress=False)
+    save_tokenizer(tok, out / "tokenizer", lowercase=True)
+    print("[2/5] building 128-token pretraining examples")
+    m = prepare(corpus, out / "tokenizer", out / "data", 128, val_every=20, progress=progress)
+    print(f"      {m['train']['examples']:,} train / {m['validation']['examples']:,} held-out examples")
+    print(f"[3/5] pretraining a tiny ELECTRA for {steps} steps of {batch_size} examples (a few minutes on 2 cores)")
+    run = pretrain(out / "data", "tiny", out / "run", progress=progress, max_steps=steps, batch_size=batch_size,
+                   lr=lr, save_every=steps, eval_every=max(1, steps // 10), log_every=max(1, steps // 50),
+                   keep_last=1)
+    print("[4/5] exporting in Hugging Face format")
+    pre = load_pretrained(run)
+    export_hf(pre, out / "export")
+
+    print("[5/5] what the discriminator sees: corrupted sentences (swapped words marked)\n")
+    gaps = []
+    for original, corrupted in CORRUPTED:
+        swapped = set(corrupted.lower().replace(".", " ").split()) - set(original.lower().replace(".", " ").split())
+        tokens, probs = detect_replaced(pre, corrupted)
+        print("   ", end="")
+        print_detection(tokens, probs, table=False)
+        rep = [p for t, p in zip(tokens, probs) if t in swapped]
+        other = [p for t, p in zip(tokens, probs) if t not in swapped]
+        if rep and other:
+            gaps.append((sum(rep) / len(rep), sum(other) / len(other)))
+            print(f"   swapped word: {', '.join(sorted(swapped))}: p(replaced) {gaps[-1][0]:.2f} "
+                  f"vs {gaps[-1][1]:.2f} for the other words\n")
+    auc = replaced_token_auc(pre.discriminator, PretrainingData(out / "data", "validation"), n_examples=200)
+    print(f"On held-out text with 15% of tokens replaced at random, the discriminator separates replaced from "
+          f"original tokens with ROC AUC {auc['auc']:.3f} (0.5 = chance).\n")
+    print("The generator (a small masked language model) filling masks:")
+    for text in FILL_MASK:
+        _, preds = fill_mask(pre, text, top_k=5)
+        best = ", ".join(f"{t} ({p:.2f})" for t, p in preds[0].candidates)
+        print(f"   {text}\n      -> {best}")
+    print(f"\nCurves: {run / 'curves.png'}   metrics: {run / 'metrics.jsonl'}")
+    print(f"Hugging Face export: {out / 'export'}/discriminator and /generator "
+          "(ElectraForPreTraining / ElectraForMaskedLM)")
+    print(f"Try: electra detect --model {run} \"your sentence with one odd carrot\"")
+    return {"auc": auc["auc"], "gaps": gaps}

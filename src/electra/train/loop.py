@@ -1,0 +1,162 @@
+"""The one training loop, for pretraining and fine-tuning alike: an objective owns the loss and
+its metrics; the loop owns accumulation, precision, clipping, schedule, logging, evaluation,
+checkpoints, time budget and stop signals."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from tqdm import tqdm
+
+from electra.errors import UserError
+from electra.train.logs import MetricsLog
+from electra.train.optim import linear_warmup_decay, set_lr
+
+
+class Objective(Protocol):
+    model: torch.nn.Module
+
+    def loss(self, batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A micro-batch -> (scalar loss, detached scalar metrics kept on device)."""
+
+    def tokens(self, batch) -> torch.Tensor:
+        """Number of real (non-padding) tokens in the micro-batch, for throughput."""
+
+
+@dataclass
+class LoopSettings:
+    max_steps: int
+    peak_lr: float
+    warmup_steps: int
+    grad_accum: int = 1
+    clip_grad_norm: float = 1.0
+    precision: str = "fp32"
+    log_every: int = 10
+    save_every: int = 1000
+    eval_every: int = 0
+    time_budget_s: float | None = None
+    max_bad_steps: int = 5
+
+
+class StopSignal:
+    """SIGTERM/SIGINT ask the loop to save and stop after the current step (a second SIGINT aborts)."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+@dataclass
+class LoopResult:
+    step: int
+    stopped_by: str  # "max_steps", "time_budget" or a signal name
+    last_checkpoint: object = None
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
+               micro_batches: Callable[[int], Iterable], settings: LoopSettings, *, device: torch.device,
+               start_step: int, log: MetricsLog, save: Callable[[int], object],
+               evaluate: Callable[[int], dict] | None = None, progress: bool = True,
+               desc: str = "train") -> LoopResult:
+    """Run optimizer steps start_step .. max_steps-1. `micro_batches(step)` yields the step's
+    micro-batches; `save(step)` writes a checkpoint after `step` completed steps."""
+    s = settings
+    model = objective.model
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    scaler = torch.amp.GradScaler(device.type) if s.precision == "fp16" else None
+    started = time.perf_counter()
+    window_start, window_tokens, window_steps = started, 0.0, 0
+    sums: dict[str, torch.Tensor] = {}
+    token_count = torch.zeros((), device=device)
+    last_ckpt = None
+    bad_steps = 0
+    stopped_by = "max_steps"
+    bar = tqdm(total=s.max_steps, initial=start_step, desc=desc, unit="step",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    step = start_step
+    with StopSignal() as stop:
+        while step < s.max_steps:
+            lr = set_lr(optimizer, s.peak_lr, linear_warmup_decay(step, s.warmup_steps, s.max_steps))
+            model.train()
+            for micro in micro_batches(step):
+                micro = micro.to(device, non_blocking=True)
+                with autocast(s.precision, device):
+                    loss, metrics = objective.loss(micro, step)
+                scaled = loss / s.grad_accum
+                (scaler.scale(scaled) if scaler else scaled).backward()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v.float() / s.grad_accum
+                token_count += objective.tokens(micro)
+            if scaler:
+                scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
+            if scaler:
+                scaler.step(optimizer)  # skips the update itself when gradients overflowed
+                scaler.update()
+            elif bool(torch.isfinite(grad_norm)):  # the one host sync per optimizer step
+                optimizer.step()
+                bad_steps = 0
+            else:
+                bad_steps += 1
+                log.write({"step": step + 1, "event": "non_finite_loss", "skipped_update": True})
+                print(f"electra: warning: non-finite loss or gradients at step {step + 1}; update skipped",
+                      file=sys.stderr)
+                if bad_steps >= s.max_bad_steps:
+                    bar.close()
+                    raise UserError(f"the loss was not finite for {bad_steps} steps in a row (up to step {step + 1}); "
+                                    "the last good checkpoint is kept; lower --lr, or use --precision fp32")
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            window_steps += 1
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.detach().float()
+            bar.update(1)
+
+            if step % s.log_every == 0 or step == s.max_steps:
+                now = time.perf_counter()
+                row = {"step": step, **{k: round(float(v) / window_steps, 6) for k, v in sums.items()}}
+                window_tokens = float(token_count)
+                row.update(lr=lr, tokens_per_s=round(window_tokens / max(now - window_start, 1e-9), 1),
+                           elapsed_s=round(now - started, 2))
+                log.write(row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", disc_acc=f"{row.get('disc_acc', 0):.3f}",
+                                tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
+                sums, window_steps, window_start = {}, 0, now
+                token_count.zero_()
+            if evaluate is not None and s.eval_every and (step % s.eval_every == 0 or step == s.max_steps):
+                log.write({"step": step, **evaluate(step)})
+            over_budget = s.time_budget_s is not None and time.perf_counter() - started >= s.time_budget_s
+            if stop.received or over_budget or step % s.save_every == 0 or step == s.max_steps:
+                last_ckpt = save(step)
+            if stop.received or over_budget:
+                stopped_by = stop.received or "time_budget"
+                break
+    bar.close()
+    return LoopResult(step, stopped_by, last_ckpt)
