@@ -291,3 +291,22 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert 0.0 <= result["auc"] <= 1.0
     assert (tmp_path / "demo" / "export" / "discriminator" / "config.json").is_file()
     assert (tmp_path / "demo" / "run" / "curves.png").is_file()
+
+
+def test_chinese_text_end_to_end(tmp_path, capsys):
+    """Tokenizer, prepare, pretrain and detect on Chinese (characters become single tokens)."""
+    lines = ["北京是中国的首都，也是政治和文化中心。", "上海位于长江入海口，是重要的经济城市。",
+             "他们在大学里学习历史和音乐。", "这条河流经城市，最后流入大海。"]
+    docs = ["\n".join(lines[i % 4:] + lines[: i % 4]) for i in range(30)]
+    (tmp_path / "zh.txt").write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    assert run(COMMANDS, ["tokenizer", "train", "--corpus", str(tmp_path / "zh.txt"), "--vocab-size", "200",
+                          "--min-frequency", "1", "--out", str(tmp_path / "tok")]) == 0
+    assert run(COMMANDS, ["prepare", "--corpus", str(tmp_path / "zh.txt"), "--tokenizer", str(tmp_path / "tok"),
+                          "--out", str(tmp_path / "data"), "--seq-len", "32", "--workers", "1"]) == 0
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
+    assert run(COMMANDS, ["pretrain", "--data", str(tmp_path / "data"), "--model", str(tmp_path / "tiny.yaml"),
+                          "--out", str(tmp_path / "run"), "--max-steps", "4", "--batch-size", "4"]) == 0
+    capsys.readouterr()
+    assert run(COMMANDS, ["detect", "--json", "--model", str(tmp_path / "run"), "北京是中国的首都"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["tokens"] == list("北京是中国的首都")

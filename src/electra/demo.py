@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import shutil
 import sys
 from importlib import resources
@@ -22,6 +23,13 @@ CORRUPTED = [
 ]
 FILL_MASK = ["The capital of France is [MASK].", "He was born in 1920 and [MASK] in 1985.",
              "The city is located on the [MASK] of the river."]
+
+
+def _swapped_pieces(original: list[str], corrupted: list[str]) -> set[int]:
+    """Indices of the corrupted sentence's pieces that are not in the original (by alignment)."""
+    matcher = difflib.SequenceMatcher(a=original, b=corrupted, autojunk=False)
+    kept = {j for block in matcher.get_matching_blocks() for j in range(block.b, block.b + block.size)}
+    return set(range(len(corrupted))) - kept
 
 
 def sample_path() -> Path:
@@ -64,19 +72,23 @@ def run_demo(out: Path, steps: int, batch_size: int, lr: float, progress: bool) 
     pre = load_pretrained(run)
     export_hf(pre, out / "export")
 
-    print("[5/5] what the discriminator sees: corrupted sentences (swapped words marked)\n")
+    print("[5/5] the discriminator reading sentences with one swapped word; [brackets] mark the word pieces\n"
+          "      it finds most suspicious (p(replaced) over twice the sentence's median)\n")
     gaps = []
     for original, corrupted in CORRUPTED:
-        swapped = set(corrupted.lower().replace(".", " ").split()) - set(original.lower().replace(".", " ").split())
         tokens, probs = detect_replaced(pre, corrupted)
+        swapped = _swapped_pieces(pre.tokenizer.encode(original, add_special_tokens=False).tokens, tokens)
+        median = sorted(probs)[len(probs) // 2]
         print("   ", end="")
-        print_detection(tokens, probs, table=False)
-        rep = [p for t, p in zip(tokens, probs) if t in swapped]
-        other = [p for t, p in zip(tokens, probs) if t not in swapped]
+        print_detection(tokens, probs, threshold=2 * median, table=False)
+        rep = [p for i, p in enumerate(probs) if i in swapped]
+        other = [p for i, p in enumerate(probs) if i not in swapped]
+        word = " ".join(tokens[i] for i in sorted(swapped)).replace(" ##", "")
         if rep and other:
+            rank = sorted(probs, reverse=True).index(max(rep)) + 1
             gaps.append((sum(rep) / len(rep), sum(other) / len(other)))
-            print(f"   swapped word: {', '.join(sorted(swapped))}: p(replaced) {gaps[-1][0]:.2f} "
-                  f"vs {gaps[-1][1]:.2f} for the other words\n")
+            print(f"      swapped in: '{word}': p(replaced) {gaps[-1][0]:.2f}, the other words "
+                  f"{gaps[-1][1]:.2f} on average; most suspicious #{rank} of {len(probs)}\n")
     auc = replaced_token_auc(pre.discriminator, PretrainingData(out / "data", "validation"), n_examples=200)
     print(f"On held-out text with 15% of tokens replaced at random, the discriminator separates replaced from "
           f"original tokens with ROC AUC {auc['auc']:.3f} (0.5 = chance).\n")

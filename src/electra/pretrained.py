@@ -98,28 +98,17 @@ def step_dirs(run: Path) -> list[Path]:
 
 
 def is_intact(ckpt: Path) -> bool:
-    """A checkpoint is intact when its config parses and its weights file has a readable header."""
+    """Its config parses and every tensor of its weights file lies inside the file (a truncated copy fails)."""
     try:
         read_json(ckpt / ELECTRA_JSON, "checkpoint config")
         with open(ckpt / WEIGHTS, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            size = os.fstat(f.fileno()).st_size
-        return 8 + header_len <= size and _safetensors_complete(ckpt / WEIGHTS)
-    except (UserError, OSError):
-        return False
-
-
-def _safetensors_complete(path: Path) -> bool:
-    """True when every tensor's byte range lies inside the file (a truncated copy fails)."""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        try:
+            n = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(n))
-        except ValueError:
-            return False
-        size = os.fstat(f.fileno()).st_size
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-    return 8 + n + max(ends, default=0) == size
+            size = os.fstat(f.fileno()).st_size
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        return 8 + n + max(ends, default=0) == size
+    except (UserError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def newest_checkpoint(run: Path, warn=True) -> Path | None:
