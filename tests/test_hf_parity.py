@@ -111,3 +111,20 @@ def test_hf_encoder_only_has_no_discriminator_head(tmp_path, tokenizer, tokenize
     assert pre.discriminator is not None and not pre.has_disc_head
     with pytest.raises(UserError, match="no discriminator"):
         pre.require("discriminator")
+
+
+def test_hf_reference_pretraining_shares_embeddings_and_trains(special):
+    from electra.bench.reference import HFReferencePretraining
+
+    from conftest import random_batch as batch
+
+    cfg = tiny_config(120)
+    ref = HFReferencePretraining(cfg, special)
+    emb = ref.discriminator.electra.embeddings
+    assert ref.generator.electra.embeddings is emb
+    assert ref.generator.generator_lm_head.weight is emb.word_embeddings.weight
+    ids, mask, types = batch(120, special, B=4, T=32, pad_lengths=[32, 30, 20, 12])
+    loss, metrics = ref(ids, mask, types, torch.arange(4), step=0, seed=0)
+    loss.backward()
+    assert torch.isfinite(loss) and emb.word_embeddings.weight.grad.abs().sum() > 0
+    assert torch.allclose(loss, metrics["gen_loss"] + 50 * metrics["disc_loss"])

@@ -83,9 +83,9 @@ def fill_mask(text: str, *, model: str, top_k: int = 5) -> None:
     if pre.generator is None and (Path(model) / "generator").is_dir():
         pre = load_pretrained(Path(model) / "generator")  # an `electra export` output directory
     tokens, predictions = run_fill_mask(pre, text, top_k)
-    for pred in predictions:
+    for n, pred in enumerate(predictions, 1):
         best = ", ".join(f"{t} ({p:.3f})" for t, p in pred.candidates)
-        print(f"[MASK] #{predictions.index(pred) + 1} (piece {pred.position}): {best}")
+        print(f"[MASK] #{n} (piece {pred.position}): {best}")
     filled = list(tokens)
     for pred in predictions:
         filled[pred.position] = pred.candidates[0][0]

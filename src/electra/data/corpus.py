@@ -23,7 +23,6 @@ import numpy as np
 
 from electra.errors import UserError
 
-TEXT_SUFFIXES = (".txt", ".text", ".jsonl", ".json", ".gz")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|(?<=[。！？；])")
 
 
@@ -49,9 +48,10 @@ def corpus_files(paths: list[str | Path]) -> list[Path]:
 def _check_text_file(path: Path) -> None:
     if path.stat().st_size == 0:
         raise UserError(f"corpus file {path} is empty")
-    with _open_binary(path) as f:
+    raw, stream = _open_binary(path)
+    with raw, stream:
         try:
-            head = f.read(8192)
+            head = stream.read(8192)
         except (OSError, EOFError) as e:
             raise UserError(f"corpus file {path} cannot be read ({e}); is the gzip file complete?") from None
     if b"\x00" in head:
@@ -59,12 +59,11 @@ def _check_text_file(path: Path) -> None:
 
 
 def _open_binary(path: Path):
+    """(the file, a stream of its bytes): gunzipped when it starts with the gzip magic, whatever its name."""
     raw = open(path, "rb")
-    if raw.read(2) == b"\x1f\x8b":  # gzip magic, whatever the file name says
-        raw.seek(0)
-        return gzip.GzipFile(fileobj=raw)
+    is_gzip = raw.read(2) == b"\x1f\x8b"
     raw.seek(0)
-    return raw
+    return raw, (gzip.GzipFile(fileobj=raw) if is_gzip else raw)
 
 
 def _is_jsonl(path: Path) -> bool:
@@ -86,9 +85,7 @@ def read_documents(files: list[Path], stats: ReadStats, text_field: str = "text"
     """Yield documents as lists of non-empty lines. Undecodable lines are counted and skipped."""
     for path in files:
         stats.files += 1
-        raw = open(path, "rb")
-        stream = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
-        raw.seek(0)
+        raw, stream = _open_binary(path)
         jsonl = _is_jsonl(path)
         doc: list[str] = []
         done = 0
