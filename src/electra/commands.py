@@ -182,7 +182,7 @@ def pretrain(*, data: Path, model: str = "small", out: Path, max_steps: int | No
     """Pretrain ELECTRA (generator + discriminator) on data made by `electra prepare`.
 
     AdamW (weight decay 0.01, none on LayerNorm and biases), linear warm-up then linear decay,
-    clipping at 1.0. Checkpoints go to OUT/step-XXXXXXXX/ (atomic; the last K kept); metrics to
+    clipping at 1.0. Checkpoints go to OUT/step-<8-digit step>/ (atomic; the last K kept); metrics to
     OUT/metrics.jsonl and OUT/curves.png. SIGTERM/SIGINT save a checkpoint and stop; --resume
     continues exactly where the newest intact checkpoint left off. Settings: defaults < the YAML
     file given as --model < these flags.
