@@ -96,14 +96,20 @@ def export(*, model: str, out: Path, overwrite: bool = False) -> None:
     """Export a model in Hugging Face format: OUT/discriminator/ and OUT/generator/ (whichever it has).
 
     Each is loadable with ElectraForPreTraining / ElectraForMaskedLM and AutoTokenizer.from_pretrained.
+    A fine-tuned model is exported into OUT itself, loadable with AutoModelForSequenceClassification,
+    AutoModelForTokenClassification or AutoModelForQuestionAnswering.
 
     Args:
-        model: a run directory (its newest intact checkpoint is used), a checkpoint or model directory
+        model: a run directory (its newest intact checkpoint is used), a checkpoint, model or fine-tuned directory
         out: the directory to write into
-        overwrite: replace OUT/discriminator and OUT/generator if they exist
+        overwrite: replace an earlier export in OUT
     """
+    from electra.finetune.run import export_finetuned, is_finetuned
     from electra.pretrained import export_hf, load_pretrained
 
+    if is_finetuned(model):
+        print(f"wrote {export_finetuned(model, out, overwrite)}")
+        return
     for path in export_hf(load_pretrained(model), out, overwrite=overwrite):
         print(f"wrote {path}")
 
@@ -237,6 +243,155 @@ def demo(*, out: Path = Path("demo-run"), steps: int = 1500, batch_size: int = 3
         raise UserError("--steps and --batch-size must be positive")
     run_demo(out, steps, batch_size, lr, progress=sys.stderr.isatty())
 
+Task = Literal["classification", "regression", "ner", "qa"]
+
+
+def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, text_columns: str | None = None,
+             label_column: str | None = None, no_header: bool = False, epochs: int = 3, batch_size: int = 32,
+             lr: float = 1e-4, layer_decay: float = 0.8, warmup: float = 0.1, weight_decay: float = 0.0,
+             max_seq_len: int | None = None, seed: int = 0, dropout: float | None = None,
+             freeze_layers: int = 0, head_only: bool = False, lora: bool = False, lora_rank: int = 8,
+             doc_stride: int = 128, max_answer_len: int = 30, metric: str | None = None,
+             tokenizer: Path | None = None, precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+             overwrite: bool = False) -> None:
+    """Fine-tune a pretrained discriminator (or a random baseline) on a labelled task.
+
+    Tasks: classification and regression of a text or a text pair (TSV, CSV or JSONL; GLUE and CLUE
+    files read as they are), ner (CoNLL columns or one character per line; IOB1/BIO/BIOES/BMES tags,
+    learned and predicted as BIO), qa (SQuAD v1.1/v2.0 JSON, CMRC 2018). The paper's recipe: AdamW,
+    layer-wise learning-rate decay (top layer the full rate, each lower layer DECAY times the one
+    above, embeddings lowest), 10% warm-up then linear decay, no weight decay. The dev set is scored
+    after each epoch (OUT/metrics.jsonl) and the best model kept in OUT, with dev reports
+    (classification_report.txt and confusion_matrix.png, or ner_report.txt) and curves.png.
+    The last line of standard output is a JSON object of the best dev metrics.
+
+    Args:
+        task: classification, regression, ner or qa
+        model: our run/model directory or export, a Hugging Face ELECTRA directory, or a size (tiny, small, base, large) for a random start
+        train: the training file
+        dev: the dev file (scored every epoch; the best epoch is kept)
+        out: directory for the fine-tuned model, metrics and reports
+        text_columns: the text column, or two for pairs, by header name or 0-based index (default: guessed from the header, e.g. sentence or sentence1,sentence2)
+        label_column: the label column, by name or index (default: label/score/quality..., or the last column)
+        no_header: the table's first row is data (as in GLUE's CoLA)
+        epochs: passes over the training data
+        batch_size: examples per optimizer step
+        lr: peak learning rate of the top layer and the head
+        layer_decay: learning-rate factor per layer going down (1: off)
+        warmup: fraction of the steps spent warming up
+        weight_decay: AdamW weight decay
+        max_seq_len: word pieces per input; longer ones are truncated and counted, QA contexts are windowed (default 128; 384 for qa)
+        seed: seed of the head's initialisation, dropout and data order
+        dropout: override the encoder's dropout
+        freeze_layers: freeze the embeddings and the lowest N layers
+        head_only: train only the task head
+        lora: train LoRA adapters (peft) and the head; merged into the weights when saved
+        lora_rank: rank of the LoRA adapters
+        doc_stride: qa: tokens between the starts of overlapping context windows
+        max_answer_len: qa: longest answer in word pieces
+        metric: the dev metric that picks the best epoch (default: accuracy, pearson, or f1 for ner and qa)
+        tokenizer: tokenizer directory (required with a size name; default: the model's)
+        precision: fp32, or bf16/fp16 mixed precision on hardware that has it
+        overwrite: replace a fine-tuned model already in OUT
+    """
+    from electra.finetune.run import FinetuneSettings
+    from electra.finetune.run import finetune as run_finetune
+
+    settings = FinetuneSettings(epochs=epochs, batch_size=batch_size, lr=lr, layer_decay=layer_decay, warmup=warmup,
+                                weight_decay=weight_decay, max_seq_len=max_seq_len, seed=seed, dropout=dropout,
+                                freeze_layers=freeze_layers, head_only=head_only, lora=lora, lora_rank=lora_rank,
+                                doc_stride=doc_stride, max_answer_len=max_answer_len, precision=precision)
+    columns = {"text_columns": text_columns, "label_column": label_column, "no_header": no_header}
+    summary = run_finetune(task, model, train, dev, out, settings, columns, tokenizer=tokenizer,
+                           overwrite=overwrite, progress=sys.stderr.isatty(), metric=metric)
+    print(json.dumps(summary))
+
+
+def _load_for(model: str, task: str | None):
+    from electra.finetune.run import load_finetuned, pick_device
+
+    ft = load_finetuned(model, task)
+    device = pick_device()
+    ft.model.to(device)
+    return ft, device
+
+
+def evaluate(*, model: str, data: Path, task: Task | None = None, text_columns: str | None = None,
+             label_column: str | None = None, no_header: bool = False, batch_size: int = 64,
+             report_dir: Path | None = None) -> None:
+    """Score a fine-tuned model on a labelled file with the task's standard metrics.
+
+    Classification: accuracy, F1 (binary: of the positive class; otherwise macro), Matthews
+    correlation (scikit-learn); regression: Pearson and Spearman (scipy); ner: entity-level
+    precision, recall and F1 (seqeval) and a per-type report; qa: exact match and F1, 0-100, with
+    the official SQuAD answer normalisation. The last line of standard output is one JSON object.
+    Column settings are remembered from fine-tuning; flags override them.
+
+    Args:
+        model: a fine-tuned directory (from `electra finetune`, or a Hugging Face ElectraFor* task model)
+        data: a labelled file of the same format as the training data
+        task: check that the model was fine-tuned for this task
+        text_columns: override the remembered text column(s)
+        label_column: override the remembered label column
+        no_header: the table has no header row
+        batch_size: examples per forward pass
+        report_dir: also write the classification/NER report (and confusion matrix) here
+    """
+    from electra.finetune.metrics import write_reports
+    from electra.finetune.run import predict_examples
+
+    ft, device = _load_for(model, task)
+    flags = {"text_columns": text_columns, "label_column": label_column, "no_header": no_header}
+    examples = ft.task.read(data, flags, training=False)
+    preds = predict_examples(ft, examples, device, batch_size, progress=sys.stderr.isatty())
+    scores = ft.task.score(examples, preds)
+    for k, v in scores.items():
+        print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
+    if report_dir is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        for path in write_reports(ft.task.name, report_dir, ft.task.gold(examples), preds, ft.task.labels):
+            print(f"wrote {path}", file=sys.stderr)
+    print(json.dumps(scores))
+
+
+def predict(*, model: str, input: Path, output: Path, task: Task | None = None, text_columns: str | None = None,
+            no_header: bool = False, batch_size: int = 64, n_best: int = 1) -> None:
+    """Run a fine-tuned model on a file and write one JSON object per example, in input order.
+
+    Each object has "prediction": the label as written in the training data (classification), a
+    number (regression), one BIO tag per input word (ner), or the answer text (qa, with the
+    question's "id"). The input may carry labels; they are ignored.
+
+    Args:
+        model: a fine-tuned directory
+        input: a file in the training data's format (labels optional)
+        output: the JSON lines file to write
+        task: check that the model was fine-tuned for this task
+        text_columns: override the remembered text column(s)
+        no_header: the table has no header row
+        batch_size: examples per forward pass
+        n_best: qa: also list the N best answers with their scores under "n_best"
+    """
+    from electra.finetune.run import predict_examples, write_jsonl_atomic
+
+    if n_best <= 0:
+        raise UserError(f"--n-best must be positive (got {n_best})")
+    ft, device = _load_for(model, task)
+    flags = {"text_columns": text_columns, "no_header": no_header}
+    examples = ft.task.read(input, flags, training=False, labelled=False)
+    preds = predict_examples(ft, examples, device, batch_size, n_best=n_best, progress=sys.stderr.isatty())
+    rows = []
+    for ex, p in zip(examples, preds):
+        if ft.task.name == "qa":
+            row = {"id": ex.id, "prediction": (p[0][1] if p else "") if n_best > 1 else p}
+            if n_best > 1:
+                row["n_best"] = [{"text": t, "score": round(sc, 4)} for sc, t in p]
+        else:
+            row = {"prediction": p}
+        rows.append(row)
+    write_jsonl_atomic(output, rows)
+    print(f"wrote {len(rows):,} predictions to {output}", file=sys.stderr)
+
 
 COMMANDS: dict = {
     "demo": demo,
@@ -246,4 +401,7 @@ COMMANDS: dict = {
     "detect": detect,
     "fill-mask": fill_mask,
     "export": export,
+    "finetune": finetune,
+    "evaluate": evaluate,
+    "predict": predict,
 }

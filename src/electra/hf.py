@@ -39,7 +39,12 @@ HEADS = {
                       ("head.prediction.{p}", "discriminator_predictions.dense_prediction.{p}")],
     "generator": [("head.dense.{p}", "generator_predictions.dense.{p}"),
                   ("head.norm.{p}", "generator_predictions.LayerNorm.{p}")],
+    # fine-tuned task heads (electra.finetune.model)
+    "classification": [("head.dense.{p}", "classifier.dense.{p}"), ("head.out_proj.{p}", "classifier.out_proj.{p}")],
+    "ner": [("head.linear.{p}", "classifier.{p}")],
+    "qa": [("head.linear.{p}", "qa_outputs.{p}")],
 }
+HEADS["regression"] = HEADS["classification"]
 
 
 def _pairs(cfg: ModelConfig, heads: list[tuple[str, str]]) -> list[tuple[str, str]]:

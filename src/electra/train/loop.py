@@ -146,8 +146,8 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
                 row.update(lr=lr, tokens_per_s=round(window_tokens / max(now - window_start, 1e-9), 1),
                            elapsed_s=round(now - started, 2))
                 log.write(row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", disc_acc=f"{row.get('disc_acc', 0):.3f}",
-                                tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
+                shown = {k: f"{row[k]:.3f}" for k in ("loss", "disc_acc") if k in row}
+                bar.set_postfix(**shown, tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
                 sums, window_steps, window_start = {}, 0, now
                 token_count.zero_()
             if evaluate is not None and s.eval_every and (step % s.eval_every == 0 or step == s.max_steps):

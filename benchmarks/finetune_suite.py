@@ -1,0 +1,113 @@
+"""Does pretraining help? Fine-tune a discriminator our pipeline pretrained, and the same size from
+random weights, on real tasks, and compare the dev metrics `electra finetune` reports.
+
+    .venv/bin/python benchmarks/finetune_suite.py --lang en --model RUN_OR_EXPORT --out OUT
+    .venv/bin/python benchmarks/finetune_suite.py --lang zh --model RUN_OR_EXPORT --out OUT
+
+English: SST-2, MRPC, STS-B, CoNLL-2003 (train -> dev), the SQuAD-format split; Chinese:
+ChnSentiCorp and Weibo NER (../shared/data). --max-train caps the training examples of the large
+sets (SST-2) so the suite fits a CPU budget; the cap is recorded. Both arms share every setting
+(size, tokenizer, lr, epochs, seed). Writes OUT/results.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# name, task, train, dev, extra flags, the metric shown
+TASKS = {
+    "en": [("SST-2", "classification", "en/glue/SST-2/train.tsv", "en/glue/SST-2/dev.tsv", [], "accuracy"),
+           ("MRPC", "classification", "en/glue/MRPC/train.tsv", "en/glue/MRPC/dev.tsv", [], "f1"),
+           ("STS-B", "regression", "en/glue/STS-B/train.tsv", "en/glue/STS-B/dev.tsv", [], "pearson"),
+           ("CoNLL-2003", "ner", "en/conll2003/train.txt", "en/conll2003/dev.txt", [], "f1"),
+           ("SQuAD split", "qa", "en/squad/train.json", "en/squad/dev.json", ["--max-seq-len", "384"], "f1")],
+    "zh": [("ChnSentiCorp", "classification", "zh/chnsenticorp/train.tsv", "zh/chnsenticorp/dev.tsv",
+            ["--max-seq-len", "256"], "accuracy"),
+           ("Weibo NER", "ner", "zh/weibo_ner/train.all.bmes", "zh/weibo_ner/dev.all.bmes", [], "f1")],
+}
+
+
+def capped(path: Path, limit: int, out: Path) -> Path:
+    """The header and the first `limit` rows of a table (for the large training sets)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if len(lines) - 1 <= limit:
+        return path
+    out.write_text("\n".join(lines[:limit + 1]) + "\n", encoding="utf-8")
+    return out
+
+
+def finetune(src: list[str], task: str, train: Path, dev: Path, out: Path, flags: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "electra", "finetune", "--task", task, *src, "--train", str(train),
+           "--dev", str(dev), "--out", str(out), "--overwrite", *flags]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lang", choices=list(TASKS), required=True)
+    ap.add_argument("--model", required=True, help="the pretrained run, checkpoint or export")
+    ap.add_argument("--size", default="tiny", help="the size of the from-scratch arm (the pretrained model's)")
+    ap.add_argument("--tokenizer", help="tokenizer of the scratch arm (default: MODEL's tokenizer files)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-train", type=int, default=20000)
+    ap.add_argument("--only", nargs="*", help="run only these tasks (names as in the table)")
+    args = ap.parse_args()
+
+    from electra.pretrained import resolve
+
+    model_dir = resolve(args.model)
+    tokenizer = args.tokenizer or str(model_dir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", str(args.batch_size), "--seed", "0"]
+    results_path = args.out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for name, task, train, dev, flags, metric in TASKS[args.lang]:
+        if args.only and name not in args.only:
+            continue
+        train_path = DATA / train
+        if task in ("classification", "regression"):
+            train_path = capped(train_path, args.max_train, args.out / f"{name}-train{train_path.suffix}")
+        row = {"task": task, "metric": metric, "train": str(train_path), "dev": str(DATA / dev)}
+        for arm, src in (("pretrained", ["--model", str(model_dir)]),
+                         ("scratch", ["--model", args.size, "--tokenizer", tokenizer])):
+            slug = name.lower().replace(" ", "-")
+            r = finetune(src, task, train_path, DATA / dev, args.out / f"{slug}-{arm}", common + flags)
+            row[arm] = r
+            print(f"{name:>13} {arm:>10}: {metric} {r[metric]:.4f} ({r['wall_s']:.0f} s)", file=sys.stderr)
+        results[name] = row
+        results_path.write_text(json.dumps({**results, "_run": {
+            "date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch_threads()} threads",
+            "model": str(model_dir), "settings": common, "max_train": args.max_train}}, indent=2) + "\n")
+    print("| task | metric | pretrained | scratch | difference |\n|---|---|---|---|---|")
+    for name, row in results.items():
+        if name.startswith("_"):
+            continue
+        p, s = row["pretrained"][row["metric"]], row["scratch"][row["metric"]]
+        print(f"| {name} | {row['metric']} | {p:.4f} | {s:.4f} | {p - s:+.4f} |")
+
+
+def torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    main()

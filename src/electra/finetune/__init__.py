@@ -1,0 +1,1 @@
+"""Fine-tuning, evaluation and prediction: classification, regression, NER and extractive QA."""
