@@ -330,7 +330,7 @@ def test_unknown_column_lists_the_columns(tmp_path, tokenizer_dir, capsys):
     ok, _ = bad_cases(tmp_path)
     code, _, err = cli(capsys, "finetune", "--task", "classification", "--model", "tiny", "--tokenizer", tokenizer_dir,
                        "--train", ok, "--dev", ok, "--out", tmp_path / "m", "--text-columns", "review")
-    assert code == 2 and "has no column 'review'; its columns are: 'sentence', 'label'" in err
+    assert code == 2 and "has no column 'review' (--text-columns); its columns are: 'sentence', 'label'" in err
 
 
 def test_ner_words_and_tags_must_match(tmp_path, tokenizer_dir, capsys):

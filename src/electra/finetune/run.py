@@ -167,7 +167,11 @@ def load_finetuned(src: str | Path, task: str | None = None) -> Finetuned:
     check_vocab(tok, cfg.vocab_size, str(directory))
     task_obj = make_task(found, labels, settings)
     model = FinetuneModel(cfg, found, task_obj.num_labels)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of the wrong shape
+        raise UserError(f"the weights in {directory} do not fit its configuration "
+                        f"({str(e).splitlines()[-1].strip()})") from None
     if missing or unexpected:
         raise UserError(f"the weights in {directory} do not match its configuration "
                         f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")

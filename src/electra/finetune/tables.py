@@ -98,7 +98,7 @@ def _find(header: list[str], name: str | int, path: Path, flag: str) -> int:
     lowered = [h.strip().lower() for h in header]
     if name.lower() in lowered:
         return lowered.index(name.lower())
-    raise UserError(f"{flag}: {path} has no column {name!r}; its columns are: "
+    raise UserError(f"{path} has no column {name!r} ({flag}); its columns are: "
                     + ", ".join(repr(h.strip()) for h in header))
 
 
@@ -169,17 +169,21 @@ def read_table(path: Path, columns: Columns | None = None, *, texts: list | None
         raise UserError(f"data file {path} is empty")
     if isinstance(rows[0], dict):
         return _read_json_rows(path, rows, columns, texts, label, need_label)
+    text_flag, label_flag = "--text-columns", "--label-column"
     if columns is None:
         columns = resolve_columns(path, rows[0], texts, label, no_header, need_label)
+    else:  # remembered from fine-tuning: say so when this file differs
+        text_flag, label_flag = "the model's text column; choose others with --text-columns", \
+            "the model's label column; choose another with --label-column"
     body = rows[1:] if columns.header else rows
     header = [c.strip() for c in rows[0]] if columns.header else None
-    idx_texts = [_find(header, t, path, "--text-columns") if header else t for t in columns.texts]
+    idx_texts = [_find(header, t, path, text_flag) if header else t for t in columns.texts]
     label_col = columns.label
     if label_col is not None and header is not None and label_col.lower() not in {h.lower() for h in header}:
         if need_label:
-            _find(header, label_col, path, "--label-column")
+            _find(header, label_col, path, label_flag)
         label_col = None
-    idx_label = None if label_col is None else (_find(header, label_col, path, "--label-column") if header else label_col)
+    idx_label = None if label_col is None else (_find(header, label_col, path, label_flag) if header else label_col)
     width = len(rows[0])
     needed = max(idx_texts + ([idx_label] if idx_label is not None else [])) + 1
     if not columns.header and idx_label is not None and width < needed and not need_label:
