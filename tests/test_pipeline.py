@@ -261,7 +261,10 @@ def test_non_finite_loss_skips_the_update_then_stops(tmp_path):
         def __init__(self):
             self.model = torch.nn.Linear(2, 1)
 
-        def loss(self, batch, step):
+        def counts(self, batch):
+            return torch.ones(1)
+
+        def loss(self, batch, step, totals):
             loss = self.model(torch.ones(1, 2)).sum() * (float("nan") if step >= 2 else 1.0)
             return loss, {"loss": loss.detach()}
 

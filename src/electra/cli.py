@@ -121,7 +121,8 @@ def run(commands: dict, argv: list[str] | None = None) -> int:
     except UserError as e:
         if debug:
             raise
-        print(f"electra: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") in ("0", ""):  # under torchrun, rank 0 speaks for all
+            print(f"electra: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("electra: interrupted", file=sys.stderr)

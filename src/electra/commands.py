@@ -304,7 +304,8 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, text_
     columns = {"text_columns": text_columns, "label_column": label_column, "no_header": no_header}
     summary = run_finetune(task, model, train, dev, out, settings, columns, tokenizer=tokenizer,
                            overwrite=overwrite, progress=sys.stderr.isatty(), metric=metric)
-    print(json.dumps(summary))
+    if summary:  # under torchrun, rank 0 reports
+        print(json.dumps(summary))
 
 
 def _load_for(model: str, task: str | None):

@@ -31,9 +31,10 @@ from electra.data.tokenizer import check_vocab, is_lowercase, load_tokenizer, sa
 from electra.errors import UserError
 from electra.finetune.metrics import MAIN_METRIC, write_reports
 from electra.finetune.model import HF_ARCHITECTURE, TASKS, FinetuneModel, layer_decay_scales
-from electra.finetune.tasks import Task, collate, make_task
+from electra.finetune.tasks import IGNORE, Task, collate, make_task
 from electra.pretrained import ELECTRA_JSON, FORMAT_VERSION, WEIGHTS, load_pretrained, resolve, write_model_dir
-from electra.train.logs import MetricsLog, plot_curves
+from electra.train.distributed import World, join, leave
+from electra.train.logs import MetricsLog, NullLog, plot_curves
 from electra.train.loop import LoopSettings, train_loop
 from electra.train.optim import adamw
 
@@ -220,9 +221,16 @@ class FinetuneObjective:
         self.model = model
         self.task = task
 
-    def loss(self, batch, step: int):
+    @staticmethod
+    def counts(batch) -> torch.Tensor:
+        """Examples, or labelled tokens for NER: the mean loss is over these."""
+        labels = batch.labels
+        n = (labels != IGNORE).sum() if labels.ndim == 2 and labels.dtype == torch.long else labels.new_tensor(len(labels))
+        return n.float().reshape(1)
+
+    def loss(self, batch, step: int, totals: torch.Tensor):
         logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-        loss = self.task.loss(logits, batch.labels)
+        loss = self.task.loss(logits, batch.labels) * (self.counts(batch)[0] / totals[0].clamp(min=1))
         return loss, {"loss": loss.detach()}
 
     def tokens(self, batch) -> torch.Tensor:
@@ -273,12 +281,32 @@ def _write_atomic(out: Path, model: FinetuneModel, meta: dict, tok: Tokenizer) -
 def finetune(task_name: str, model_src: str, train_path: Path, dev_path: Path, out: Path, settings: FinetuneSettings,
              columns: dict, tokenizer: Path | None = None, overwrite: bool = False, progress: bool = True,
              metric: str | None = None) -> dict:
-    s = settings
+    """Fine-tune and keep the best dev epoch in OUT; returns its metrics. Under torchrun every process
+    runs this and takes an equal slice of each batch (the last partial batch of an epoch is dropped)."""
+    world = join()
+    try:
+        return _finetune(world, task_name, model_src, train_path, dev_path, out, settings, columns, tokenizer,
+                         overwrite, progress, metric)
+    finally:
+        leave(world)
+
+
+def _finetune(world: World, task_name: str, model_src: str, train_path: Path, dev_path: Path, out: Path,
+              s: FinetuneSettings, columns: dict, tokenizer: Path | None, overwrite: bool, progress: bool,
+              metric: str | None) -> dict:
+    say = (lambda msg: print(msg, file=sys.stderr)) if world.is_main else (lambda msg: None)
     s.check()
     if task_name not in TASKS:
         raise UserError(f"unknown task {task_name!r}; choose {', '.join(TASKS)}")
-    if out.exists() and (out / ELECTRA_JSON).exists() and not overwrite:
-        raise UserError(f"{out} already holds a fine-tuned model; choose another --out or pass --overwrite")
+    if s.batch_size % world.size:
+        raise UserError(f"--batch-size {s.batch_size} is not divisible by the {world.size} processes")
+
+    def claim_out():
+        if out.exists() and (out / ELECTRA_JSON).exists() and not overwrite:
+            raise UserError(f"{out} already holds a fine-tuned model; choose another --out or pass --overwrite")
+        out.mkdir(parents=True, exist_ok=True)
+
+    world.from_main(claim_out)
     cfg, encoder_state, tok, source = load_encoder_source(model_src, tokenizer)
     if s.dropout is not None:
         cfg = dataclasses.replace(cfg, hidden_dropout_prob=s.dropout, attention_probs_dropout_prob=s.dropout)
@@ -296,8 +324,8 @@ def finetune(task_name: str, model_src: str, train_path: Path, dev_path: Path, o
     dev_features, dev_truncated = task.encode(dev_examples, tok, special, max_len)
     for what, n, total in (("training", truncated, len(train_examples)), ("dev", dev_truncated, len(dev_examples))):
         if n:
-            print(f"electra: {n} of {total} {what} examples were longer than --max-seq-len {max_len} "
-                  "and were truncated", file=sys.stderr)
+            say(f"electra: {n} of {total} {what} examples were longer than --max-seq-len {max_len} "
+                "and were truncated")
     main = metric or MAIN_METRIC[task_name]
 
     torch.manual_seed(s.seed)
@@ -306,18 +334,25 @@ def finetune(task_name: str, model_src: str, train_path: Path, dev_path: Path, o
         missing, unexpected = model.load_state_dict(encoder_state, strict=False)
         if unexpected or any(k.startswith("encoder.") for k in missing):
             raise UserError(f"the encoder weights of {source} do not fit its configuration")
-    device = pick_device()
+    device = world.device() if world.distributed else pick_device()
     model.to(device)
     trained = _trainable(model, s)
+    forward = trained
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+        forward = DistributedDataParallel(trained, device_ids=[world.local_rank] if device.type == "cuda" else None)
     n_train = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
-    print(f"electra: fine-tuning {source} for {task_name} on {device}: {len(train_examples):,} training and "
-          f"{len(dev_examples):,} dev examples; trainable parameters {n_train:,} of {n_all:,} "
-          f"({100 * n_train / n_all:.2f}%)", file=sys.stderr)
+    where = f"{world.size} processes ({device.type})" if world.distributed else str(device)
+    say(f"electra: fine-tuning {source} for {task_name} on {where}: {len(train_examples):,} training and "
+        f"{len(dev_examples):,} dev examples; trainable parameters {n_train:,} of {n_all:,} "
+        f"({100 * n_train / n_all:.2f}%)")
 
     scales = layer_decay_scales(trained, cfg.num_hidden_layers, s.layer_decay)
     optimizer = adamw(trained, s.lr, s.weight_decay, lr_scale=scales)
-    steps_per_epoch = math.ceil(len(train_features) / s.batch_size)
+    steps_per_epoch = (max(1, len(train_features) // s.batch_size) if world.distributed
+                       else math.ceil(len(train_features) / s.batch_size))
+    per_process = s.batch_size // world.size
     max_steps = s.epochs * steps_per_epoch
     rng_cache: dict[int, np.ndarray] = {}
 
@@ -327,10 +362,11 @@ def finetune(task_name: str, model_src: str, train_path: Path, dev_path: Path, o
             rng_cache.clear()
             rng_cache[epoch] = np.random.default_rng([s.seed, epoch]).permutation(len(train_features))
         i = (step % steps_per_epoch) * s.batch_size
-        yield collate([train_features[j] for j in rng_cache[epoch][i:i + s.batch_size]], special.pad,
-                      task.label_dtype)
+        chunk = rng_cache[epoch][i:i + s.batch_size]
+        if world.distributed:
+            chunk = chunk[world.rank * per_process:(world.rank + 1) * per_process]
+        yield collate([train_features[j] for j in chunk], special.pad, task.label_dtype)
 
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"format_version": FORMAT_VERSION, "kind": "finetuned", "task": task_name, "source": source,
             "model": cfg.to_dict(), "labels": task.labels, "settings": task.settings, "max_seq_len": max_len,
             "finetune": dataclasses.asdict(s), "metric": main}
@@ -351,24 +387,27 @@ def finetune(task_name: str, model_src: str, train_path: Path, dev_path: Path, o
         tqdm.write(f"epoch {epoch:g}: dev {line}{'  (best so far, saved)' if improved else ''}", file=sys.stderr)
         return {"epoch": epoch, "dev_main": scores[main], **{f"dev_{k}": v for k, v in scores.items()}}
 
-    log = MetricsLog(out, tensorboard=False)
+    log = MetricsLog(out, tensorboard=False) if world.is_main else NullLog()
     loop = LoopSettings(max_steps=max_steps, peak_lr=s.lr, warmup_steps=round(s.warmup * max_steps),
                         clip_grad_norm=1.0, precision=s.precision, log_every=max(1, min(50, steps_per_epoch)),
                         save_every=max_steps, eval_every=steps_per_epoch)
     started = time.perf_counter()
     try:
-        result = train_loop(FinetuneObjective(trained, task), optimizer, micro_batches, loop, device=device,
+        result = train_loop(FinetuneObjective(forward, task), optimizer, micro_batches, loop, device=device,
                             start_step=0, log=log, save=lambda step: out, evaluate=evaluate, progress=progress,
-                            desc=f"finetune {task_name}")
+                            desc=f"finetune {task_name}", world=world)
     finally:
         log.close()
-        plot_curves(out, PLOT_PANELS)
+        if world.is_main:
+            plot_curves(out, PLOT_PANELS)
+    if not world.is_main:
+        return {}
     if "scores" not in best:  # stopped before the first evaluation
         evaluate(result.step)
     reports = write_reports(task_name, out, task.gold(dev_examples), best["preds"], task.labels)
     summary = {"best_epoch": best["epoch"], **best["scores"], "minutes": round((time.perf_counter() - started) / 60, 2)}
-    print(f"electra: best dev {main} {best['value']:.4f} at epoch {best['epoch']:g}; model in {out}"
-          + (f"; reports: {', '.join(p.name for p in reports)}" if reports else ""), file=sys.stderr)
+    say(f"electra: best dev {main} {best['value']:.4f} at epoch {best['epoch']:g}; model in {out}"
+        + (f"; reports: {', '.join(p.name for p in reports)}" if reports else ""))
     return summary
 
 

@@ -59,17 +59,24 @@ class Masked:
     targets: torch.Tensor  # (B, N) original tokens at positions
 
 
+def prediction_counts(input_ids: torch.Tensor, attention_mask: torch.Tensor, special: SpecialIds,
+                      cfg: ObjectiveConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) maskable positions and (B,) how many of them each example predicts:
+    round(mask_prob x maskable), at least 1, at most the official cap."""
+    specials = torch.tensor([special.pad, special.cls, special.sep, special.mask], device=input_ids.device)
+    maskable = attention_mask.bool() & ~torch.isin(input_ids, specials)  # (B, T)
+    n_maskable = maskable.sum(1)
+    n_predict = torch.round(n_maskable.float() * cfg.mask_prob).long().clamp(min=1, max=cfg.max_predictions(input_ids.shape[1]))
+    return maskable, torch.minimum(n_predict, n_maskable)
+
+
 def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, example_index: torch.Tensor,
                 *, seed: int, step: int, special: SpecialIds, cfg: ObjectiveConfig) -> Masked:
     """Choose round(mask_prob x maskable tokens) positions (at least 1, at most the cap) uniformly
     at random among the non-special, non-padding tokens; put [MASK] in mask_token_prob of them."""
     B, T = input_ids.shape
     N = cfg.max_predictions(T)
-    specials = torch.tensor([special.pad, special.cls, special.sep, special.mask], device=input_ids.device)
-    maskable = attention_mask.bool() & ~torch.isin(input_ids, specials)  # (B, T)
-    n_maskable = maskable.sum(1)
-    n_predict = torch.round(n_maskable.float() * cfg.mask_prob).long().clamp(min=1, max=N)
-    n_predict = torch.minimum(n_predict, n_maskable)  # (B,)
+    maskable, n_predict = prediction_counts(input_ids, attention_mask, special, cfg)
 
     keys = uniform(seed, step, example_index, STREAM_POSITIONS, T)
     keys = torch.where(maskable, keys, 2.0)  # non-maskable sort last
@@ -113,14 +120,28 @@ class ElectraForPretraining(nn.Module):
         self.discriminator = Discriminator(cfg.discriminator)
         self.generator = Generator(cfg.generator, embeddings=self.discriminator.encoder.embeddings)
 
+    def counts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(2,): predicted positions and real tokens of a micro-batch. Summed over all micro-batches
+        of an optimizer step (on every process), they are the loss denominators (`totals`)."""
+        _, n_predict = prediction_counts(input_ids, attention_mask, self.special, self.objective)
+        return torch.stack([n_predict.sum(), attention_mask.sum()]).float()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
-                example_index: torch.Tensor, *, step: int, seed: int) -> PretrainOutput:
-        """input_ids, attention_mask, token_type_ids: (B, T); example_index: (B,) global indices."""
+                example_index: torch.Tensor, *, step: int, seed: int,
+                totals: torch.Tensor | None = None) -> PretrainOutput:
+        """input_ids, attention_mask, token_type_ids: (B, T); example_index: (B,) global indices.
+
+        `totals` (from `counts`, summed over the whole step) makes each loss a share of the mean over
+        the global batch, so micro-batches and processes add up to exactly the one-batch loss.
+        """
         obj = self.objective
         m = mask_tokens(input_ids, attention_mask, example_index, seed=seed, step=step,
                         special=self.special, cfg=obj)
         gen_logits = self.generator(m.input_ids, attention_mask, token_type_ids, m.positions)  # (B, N, V)
-        n_valid = m.valid.sum().clamp(min=1)
+        local_tokens = attention_mask.sum().float().clamp(min=1)
+        if totals is None:
+            totals = torch.stack([m.valid.sum().float(), local_tokens])
+        n_valid = totals[0].clamp(min=1)
         gen_nll = F.cross_entropy(gen_logits.float().flatten(0, 1), m.targets.flatten(), reduction="none")
         gen_loss = (gen_nll * m.valid.flatten()).sum() / n_valid
 
@@ -133,7 +154,7 @@ class ElectraForPretraining(nn.Module):
         disc_logits = self.discriminator(corrupted, attention_mask, token_type_ids)  # (B, T)
         weights = attention_mask.float()
         bce = F.binary_cross_entropy_with_logits(disc_logits.float(), labels, reduction="none")
-        n_tokens = weights.sum().clamp(min=1)
+        n_tokens = totals[1].clamp(min=1)
         disc_loss = (bce * weights).sum() / n_tokens
         loss = obj.gen_weight * gen_loss + obj.disc_weight * disc_loss
 
@@ -147,8 +168,9 @@ class ElectraForPretraining(nn.Module):
                 "gen_acc": gen_acc,
                 "disc_loss": disc_loss.detach(),
                 "disc_acc": ((pred == labels).float() * weights).sum() / n_tokens,
-                "disc_precision": tp / pred.sum().clamp(min=1),
-                "disc_recall": tp / labels.sum().clamp(min=1),
+                # ratios of this micro-batch, weighted by its share of the step's tokens
+                "disc_precision": tp / pred.sum().clamp(min=1) * local_tokens / n_tokens,
+                "disc_recall": tp / labels.sum().clamp(min=1) * local_tokens / n_tokens,
                 "replaced_frac": labels.sum() / n_tokens,
             }
         return PretrainOutput(loss, metrics, corrupted, labels)

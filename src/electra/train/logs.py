@@ -40,6 +40,16 @@ class MetricsLog:
             self.tb.close()
 
 
+class NullLog:
+    """What processes other than rank 0 log to: nothing."""
+
+    def write(self, row: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 

@@ -16,15 +16,21 @@ import torch
 from tqdm import tqdm
 
 from electra.errors import UserError
+from electra.train.distributed import World
 from electra.train.logs import MetricsLog
 from electra.train.optim import linear_warmup_decay, set_lr
 
 
 class Objective(Protocol):
-    model: torch.nn.Module
+    model: torch.nn.Module  # what to call forward on: the DistributedDataParallel wrapper when distributed
 
-    def loss(self, batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """A micro-batch -> (scalar loss, detached scalar metrics kept on device)."""
+    def counts(self, batch) -> torch.Tensor:
+        """Additive counts of a micro-batch (e.g. tokens, predictions): the loss denominators."""
+
+    def loss(self, batch, step: int, totals: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A micro-batch -> (its share of the step's mean loss, detached metrics shares on device).
+        `totals` is `counts` summed over every micro-batch of the step on every process, so the
+        shares add up to the global-batch value whatever the accumulation or the number of processes."""
 
     def tokens(self, batch) -> torch.Tensor:
         """Number of real (non-padding) tokens in the micro-batch, for throughput."""
@@ -85,17 +91,21 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
                micro_batches: Callable[[int], Iterable], settings: LoopSettings, *, device: torch.device,
                start_step: int, log: MetricsLog, save: Callable[[int], object],
                evaluate: Callable[[int], dict] | None = None, progress: bool = True,
-               desc: str = "train") -> LoopResult:
-    """Run optimizer steps start_step .. max_steps-1. `micro_batches(step)` yields the step's
-    micro-batches; `save(step)` writes a checkpoint after `step` completed steps."""
+               desc: str = "train", world: World = World()) -> LoopResult:
+    """Run optimizer steps start_step .. max_steps-1. `micro_batches(step)` yields this process's
+    micro-batches of the step; `save(step)` writes a checkpoint after `step` completed steps.
+    Distributed, only rank 0 logs, evaluates, saves and shows progress."""
     s = settings
     model = objective.model
+    no_sync = getattr(model, "no_sync", None)  # DDP: all-reduce gradients on the last micro-batch only
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    progress = progress and world.is_main
     scaler = torch.amp.GradScaler(device.type) if s.precision == "fp16" else None
     started = time.perf_counter()
     window_start, window_tokens, window_steps = started, 0.0, 0
     sums: dict[str, torch.Tensor] = {}
     token_count = torch.zeros((), device=device)
+    grad_norm_sum = torch.zeros((), device=device)
     last_ckpt = None
     bad_steps = 0
     stopped_by = "max_steps"
@@ -106,14 +116,17 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
         while step < s.max_steps:
             lr = set_lr(optimizer, s.peak_lr, linear_warmup_decay(step, s.warmup_steps, s.max_steps))
             model.train()
-            for micro in micro_batches(step):
-                micro = micro.to(device, non_blocking=True)
-                with autocast(s.precision, device):
-                    loss, metrics = objective.loss(micro, step)
-                scaled = loss / s.grad_accum
-                (scaler.scale(scaled) if scaler else scaled).backward()
+            micros = [m.to(device, non_blocking=True) for m in micro_batches(step)]
+            totals = world.sum_(sum(objective.counts(m) for m in micros))
+            for i, micro in enumerate(micros):
+                sync = no_sync is None or i == len(micros) - 1
+                with contextlib.nullcontext() if sync else no_sync():
+                    with autocast(s.precision, device):
+                        loss, metrics = objective.loss(micro, step, totals)
+                    scaled = loss * world.size  # DDP averages gradients over processes; shares must add up
+                    (scaler.scale(scaled) if scaler else scaled).backward()
                 for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v.float() / s.grad_accum
+                    sums[k] = sums.get(k, 0.0) + v.float()
                 token_count += objective.tokens(micro)
             if scaler:
                 scaler.unscale_(optimizer)
@@ -127,8 +140,9 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
             else:
                 bad_steps += 1
                 log.write({"step": step + 1, "event": "non_finite_loss", "skipped_update": True})
-                print(f"electra: warning: non-finite loss or gradients at step {step + 1}; update skipped",
-                      file=sys.stderr)
+                if world.is_main:
+                    print(f"electra: warning: non-finite loss or gradients at step {step + 1}; update skipped",
+                          file=sys.stderr)
                 if bad_steps >= s.max_bad_steps:
                     bar.close()
                     raise UserError(f"the loss was not finite for {bad_steps} steps in a row (up to step {step + 1}); "
@@ -136,27 +150,37 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
             optimizer.zero_grad(set_to_none=True)
             step += 1
             window_steps += 1
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.detach().float()
+            grad_norm_sum = grad_norm_sum + grad_norm.detach().float()
             bar.update(1)
 
             if step % s.log_every == 0 or step == s.max_steps:
                 now = time.perf_counter()
-                row = {"step": step, **{k: round(float(v) / window_steps, 6) for k, v in sums.items()}}
-                window_tokens = float(token_count)
-                row.update(lr=lr, tokens_per_s=round(window_tokens / max(now - window_start, 1e-9), 1),
-                           elapsed_s=round(now - started, 2))
+                keys = sorted(sums)
+                reduced = world.sum_(torch.stack([sums[k] for k in keys] + [token_count.float()]))
+                row = {"step": step, **{k: round(float(v) / window_steps, 6) for k, v in zip(keys, reduced)}}
+                row["grad_norm"] = round(float(grad_norm_sum) / window_steps, 6)
+                rate = float(reduced[-1]) / max(now - window_start, 1e-9)
+                row.update(lr=lr, tokens_per_s=round(rate, 1), elapsed_s=round(now - started, 2))
+                if world.distributed:
+                    row.update(processes=world.size, tokens_per_s_per_process=round(rate / world.size, 1))
                 log.write(row)
                 shown = {k: f"{row[k]:.3f}" for k in ("loss", "disc_acc") if k in row}
                 bar.set_postfix(**shown, tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
                 sums, window_steps, window_start = {}, 0, now
+                grad_norm_sum = torch.zeros((), device=device)
                 token_count.zero_()
-            if evaluate is not None and s.eval_every and (step % s.eval_every == 0 or step == s.max_steps):
+            if evaluate is not None and s.eval_every and (step % s.eval_every == 0 or step == s.max_steps) \
+                    and world.is_main:
                 log.write({"step": step, **evaluate(step)})
             over_budget = s.time_budget_s is not None and time.perf_counter() - started >= s.time_budget_s
-            if stop.received or over_budget or step % s.save_every == 0 or step == s.max_steps:
-                last_ckpt = save(step)
-            if stop.received or over_budget:
-                stopped_by = stop.received or "time_budget"
+            # every process must stop at the same step, whichever one got the signal
+            stopping = world.any(bool(stop.received) or over_budget, device)
+            if stopping or step % s.save_every == 0 or step == s.max_steps:
+                if world.is_main:
+                    last_ckpt = save(step)
+                world.barrier()  # nobody runs ahead (or exits) before the checkpoint is complete
+            if stopping:
+                stopped_by = stop.received or ("time_budget" if over_budget else "signal on another process")
                 break
     bar.close()
     return LoopResult(step, stopped_by, last_ckpt)

@@ -20,7 +20,8 @@ from electra.model.electra import ElectraForPretraining, ObjectiveConfig
 from electra.pretrained import load_pretraining_state, pretraining_state
 from electra.train.checkpoint import (latest_resumable, load_training_state, remove_stale_temporaries,
                                       save_checkpoint)
-from electra.train.logs import MetricsLog, plot_curves
+from electra.train.distributed import World, join, leave
+from electra.train.logs import MetricsLog, NullLog, plot_curves
 from electra.train.loop import LoopSettings, train_loop
 from electra.train.optim import adamw
 
@@ -33,13 +34,17 @@ PLOT_PANELS = [("loss", ["gen_loss", "val_gen_loss"]), ("discriminator loss", ["
 class PretrainObjective:
     """Adapts ElectraForPretraining to the loop: the randomness key is (seed, step, example index)."""
 
-    def __init__(self, model: ElectraForPretraining, seed: int):
-        self.model = model
+    def __init__(self, model: torch.nn.Module, net: ElectraForPretraining, seed: int):
+        self.model = model  # what forward is called on (the DDP wrapper when distributed)
+        self.net = net
         self.seed = seed
 
-    def loss(self, batch: Batch, step: int):
+    def counts(self, batch: Batch) -> torch.Tensor:
+        return self.net.counts(batch.input_ids, batch.attention_mask)
+
+    def loss(self, batch: Batch, step: int, totals: torch.Tensor):
         out = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids, batch.example_index,
-                         step=step, seed=self.seed)
+                         step=step, seed=self.seed, totals=totals)
         return out.loss, out.metrics
 
     def tokens(self, batch: Batch) -> torch.Tensor:
@@ -118,7 +123,18 @@ def check_run_dir(out: Path, resume: bool, identity: dict) -> Path | None:
 
 def pretrain(data: Path, model_spec: str, out: Path, *, resume: bool = False, tokenizer: Path | None = None,
              progress: bool = True, **flags) -> Path:
-    """Train; returns the run directory. `flags` are PretrainConfig fields given on the command line."""
+    """Train; returns the run directory. `flags` are PretrainConfig fields given on the command line.
+    Under torchrun every process runs this; they share the work of each global batch."""
+    world = join()
+    try:
+        return _pretrain(world, data, model_spec, out, resume=resume, tokenizer=tokenizer, progress=progress, **flags)
+    finally:
+        leave(world)
+
+
+def _pretrain(world: World, data: Path, model_spec: str, out: Path, *, resume: bool, tokenizer: Path | None,
+              progress: bool, **flags) -> Path:
+    say = (lambda msg: print(msg, file=sys.stderr)) if world.is_main else (lambda msg: None)
     train_data = PretrainingData(data, "train")
     val_data = PretrainingData(data, "validation") if train_data.manifest["validation"]["examples"] else None
     tok_dir = Path(tokenizer) if tokenizer is not None else Path(data) / "tokenizer"
@@ -135,15 +151,27 @@ def pretrain(data: Path, model_spec: str, out: Path, *, resume: bool = False, to
     if train_data.seq_len > res.model.discriminator.max_position_embeddings:
         raise UserError(f"the data's sequence length {train_data.seq_len} exceeds the model's "
                         f"max_position_embeddings {res.model.discriminator.max_position_embeddings}")
-    device = pick_device(t.precision)
+    if t.batch_size % (world.size * t.grad_accum):
+        raise UserError(f"--batch-size {t.batch_size} is not divisible by {world.size} processes x "
+                        f"--grad-accum {t.grad_accum}; the global batch is split evenly between them")
+    device = world.device() if world.distributed else pick_device(t.precision)
+    if world.distributed:
+        pick_device(t.precision)  # the same precision checks
 
     identity = {**res.to_dict(), "tokenizer_hash": train_data.manifest["tokenizer_hash"],
                 "seq_len": train_data.seq_len, "data": str(Path(data).resolve())}
-    ckpt = check_run_dir(out, resume, identity)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_JSON).write_text(json.dumps(identity, indent=2) + "\n")
+    world.check_same({**identity, "out": str(Path(out).resolve()), "resume": resume},
+                     "the configuration, the data or the output directory")
 
-    torch.manual_seed(t.seed)
+    def claim_run_dir():
+        ckpt = check_run_dir(out, resume, identity)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_JSON).write_text(json.dumps(identity, indent=2) + "\n")
+        return ckpt
+
+    ckpt = world.from_main(claim_run_dir)  # one process decides, all resume from the same checkpoint
+
+    torch.manual_seed(t.seed)  # the same initial weights on every process
     model = ElectraForPretraining(res.model, special, res.objective).to(device)
     optimizer = adamw(model, t.lr, t.weight_decay, eps=t.adam_eps)
     start = 0
@@ -152,20 +180,29 @@ def pretrain(data: Path, model_spec: str, out: Path, *, resume: bool = False, to
         load_pretraining_state(model, {k: v.to(device) for k, v in load_file(str(ckpt / "model.safetensors")).items()},
                                ckpt)
         start = int(load_training_state(ckpt, optimizer)["step"])
-        print(f"electra: resuming from {ckpt} (step {start})", file=sys.stderr)
+        say(f"electra: resuming from {ckpt} (step {start})")
+    if world.distributed:
+        torch.manual_seed(t.seed * 1_000_003 + world.rank + 7919 * start)  # different dropout per process
     if t.compile:
         for net in (model.discriminator, model.generator):
             for layer in net.encoder.layers:
                 layer.compile()
+    trained = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+        trained = DistributedDataParallel(model, device_ids=[world.local_rank] if device.type == "cuda" else None,
+                                          broadcast_buffers=False)
 
-    micro = t.batch_size // t.grad_accum
+    per_process = t.batch_size // world.size
+    micro = per_process // t.grad_accum
 
     def micro_batches(step: int):
-        idx = train_data.global_batch(step, t.batch_size, t.seed)
+        # this process's slice of the global batch: disjoint, and the same examples whatever the world size
+        idx = train_data.global_batch(step, t.batch_size, t.seed)[world.rank * per_process:(world.rank + 1) * per_process]
         for i in range(t.grad_accum):
             yield train_data.batch(idx[i * micro:(i + 1) * micro])
 
-    objective = PretrainObjective(model, t.seed)
+    objective = PretrainObjective(trained, model, t.seed)
     meta = {"kind": "pretraining", **identity, "special_ids": dataclasses.asdict(special)}
 
     def save(step: int):
@@ -192,32 +229,33 @@ def pretrain(data: Path, model_spec: str, out: Path, *, resume: bool = False, to
                 n += 1
             return {f"val_{k}": round(v / n, 6) for k, v in sums.items()}
 
-    log = MetricsLog(out, resume_step=start if ckpt is not None else None)
+    log = MetricsLog(out, resume_step=start if ckpt is not None else None) if world.is_main else NullLog()
     settings = LoopSettings(max_steps=t.max_steps, peak_lr=t.lr, warmup_steps=t.resolved_warmup,
                             grad_accum=t.grad_accum, clip_grad_norm=t.clip_grad_norm, precision=t.precision,
                             log_every=t.log_every, save_every=t.save_every, eval_every=t.eval_every,
                             time_budget_s=t.time_budget_s)
     if start >= t.max_steps:
-        print(f"electra: {out} already reached step {start} (--max-steps {t.max_steps}); nothing to do",
-              file=sys.stderr)
+        say(f"electra: {out} already reached step {start} (--max-steps {t.max_steps}); nothing to do")
         log.close()
         return out
     n_params = sum(p.numel() for p in model.discriminator.parameters())
-    print(f"electra: pretraining {res.size} (discriminator {n_params / 1e6:.1f}M parameters) on {device}, "
-          f"{len(train_data):,} examples of {train_data.seq_len} tokens, batch {t.batch_size}, "
-          f"steps {start}->{t.max_steps}, lr {t.lr:g}", file=sys.stderr)
+    where = f"{world.size} processes ({device.type})" if world.distributed else str(device)
+    say(f"electra: pretraining {res.size} (discriminator {n_params / 1e6:.1f}M parameters) on {where}, "
+        f"{len(train_data):,} examples of {train_data.seq_len} tokens, batch {t.batch_size}, "
+        f"steps {start}->{t.max_steps}, lr {t.lr:g}")
     started = time.perf_counter()
     try:
         result = train_loop(objective, optimizer, micro_batches, settings, device=device, start_step=start,
-                            log=log, save=save, evaluate=evaluate, progress=progress, desc="pretrain")
+                            log=log, save=save, evaluate=evaluate, progress=progress, desc="pretrain", world=world)
     finally:
         log.close()
-        plot_curves(out, PLOT_PANELS)
+        if world.is_main:
+            plot_curves(out, PLOT_PANELS)
     minutes = (time.perf_counter() - started) / 60
     if result.stopped_by == "max_steps":
-        print(f"electra: done: step {result.step} in {minutes:.1f} min; checkpoint {result.last_checkpoint}; "
-              f"curves {out / 'curves.png'}", file=sys.stderr)
+        say(f"electra: done: step {result.step} in {minutes:.1f} min; checkpoint {result.last_checkpoint}; "
+            f"curves {out / 'curves.png'}")
     else:
-        print(f"electra: stopped by {result.stopped_by} at step {result.step}; checkpoint {result.last_checkpoint} "
-              f"saved; continue with --resume", file=sys.stderr)
+        say(f"electra: stopped by {result.stopped_by} at step {result.step}; checkpoint {result.last_checkpoint} "
+            f"saved; continue with --resume")
     return out

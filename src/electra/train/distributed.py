@@ -1,0 +1,120 @@
+"""Multi-process training through PyTorch's own engine: `torchrun` starts the processes and sets
+RANK/WORLD_SIZE/LOCAL_RANK; we join its process group (NCCL on GPUs, gloo on CPU) and wrap the
+model in DistributedDataParallel. A plain `electra pretrain` is a world of one and touches none of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from electra.errors import UserError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def device(self) -> torch.device:
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+    # --- collectives; each is a no-op in a world of one ------------------------------------------
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank if it is true on any (stop signals, time budgets, errors)."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def from_main(self, fn):
+        """Run `fn` on rank 0 only and give its result (or its UserError) to every rank."""
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except UserError as e:
+                error = str(e)
+        if self.distributed:
+            box = [(result, error)]
+            dist.broadcast_object_list(box, src=0)
+            result, error = box[0]
+        if error is not None:
+            raise UserError(error)
+        return result
+
+    def check_same(self, what: dict, description: str) -> None:
+        """Every rank must have been started with the same settings and data."""
+        if not self.distributed:
+            return
+        digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+        gathered: list = [None] * self.size
+        dist.all_gather_object(gathered, digest)
+        differing = [r for r, d in enumerate(gathered) if d != gathered[0]]
+        if differing:
+            raise UserError(f"ranks {', '.join(map(str, differing))} disagree with rank 0 on {description}; "
+                            "start every process with the same command line and the same files")
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def current_rank() -> int:
+    """The process's rank under torchrun (0 otherwise), before any process group exists."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def join() -> World:
+    """Join torchrun's process group when started by it; a world of one otherwise."""
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if size <= 1:
+        return World()
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():
+        return World(rank, size, local_rank)
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise UserError(f"WORLD_SIZE is {size} but {' and '.join(missing)} not set; start the processes with "
+                        "torchrun (--nproc-per-node, and --rdzv-endpoint HOST:PORT across nodes)")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    try:
+        dist.init_process_group(backend, timeout=timedelta(minutes=int(os.environ.get("ELECTRA_DIST_TIMEOUT_MIN", "30"))))
+    except Exception as e:  # noqa: BLE001 - rendezvous failures come as several exception types
+        raise UserError(f"cannot join the process group ({type(e).__name__}: {e}); check the rendezvous "
+                        "endpoint and that every node can reach it") from None
+    return World(rank, size, local_rank)
+
+
+def leave(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,113 @@
+"""torchrun: the same run on 1 process and on 2 (gloo, CPU) gives the same losses and weights;
+resuming with another number of processes works; bad multi-process settings are one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_pipeline import pretrain_args, prepared  # noqa: F401 - the module-scoped fixture
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
+           "127.0.0.1", "--master-port", str(free_port()), "-m", "electra", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: (r["loss"], r["gen_loss"], r["disc_loss"]) for r in rows if "loss" in r}
+
+
+def final_weights(run_dir):
+    return load_file(str(sorted(run_dir.glob("step-*"))[-1] / "model.safetensors"))
+
+
+SAME = ["--max-steps", "8", "--dropout", "0", "--seed", "5", "--save-every", "4", "--log-every", "1"]
+
+
+def test_two_processes_match_one(prepared, tmp_path):  # noqa: F811
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = torchrun(1, pretrain_args(prepared, one, *SAME))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun(2, pretrain_args(prepared, two, *SAME))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = losses(one), losses(two)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in a:
+        for x, y in zip(a[step], b[step]):
+            assert abs(x - y) <= 1e-4 * max(abs(x), 1e-6), (step, a[step], b[step])
+    wa, wb = final_weights(one), final_weights(two)
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6, msg=k)
+    row = json.loads((two / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["processes"] == 2 and row["tokens_per_s_per_process"] > 0
+    # resume the 2-process run's step-4 checkpoint with 1 process: it continues to the same end
+    import shutil
+    shutil.rmtree(two / "step-00000008")
+    proc = torchrun(1, pretrain_args(prepared, two, *SAME, "--resume"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for k, v in final_weights(two).items():
+        torch.testing.assert_close(v, wa[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_gradient_accumulation_equals_one_big_batch(prepared, tmp_path):  # noqa: F811
+    from electra.cli import run
+    from electra.commands import COMMANDS
+
+    assert run(COMMANDS, pretrain_args(prepared, tmp_path / "a", *SAME)) == 0
+    assert run(COMMANDS, pretrain_args(prepared, tmp_path / "b", *SAME, "--grad-accum", "4")) == 0
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    for step in a:
+        for x, y in zip(a[step], b[step]):
+            assert abs(x - y) <= 1e-4 * max(abs(x), 1e-6), (step, a[step], b[step])
+
+
+def test_batch_not_divisible_by_processes_is_one_line_from_rank_0(prepared, tmp_path):  # noqa: F811
+    proc = torchrun(2, pretrain_args(prepared, tmp_path / "r", "--max-steps", "2", "--grad-accum", "3",
+                                     "--batch-size", "9"))
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("electra: error")]
+    assert len(errors) == 1 and "not divisible by 2 processes x --grad-accum 3" in errors[0], proc.stderr[-2000:]
+    # torchrun itself reports failed children with its own traceback; none comes from our processes
+    assert "electra/" not in "".join(line for line in proc.stderr.splitlines() if line.lstrip().startswith("File "))
+
+
+def test_missing_rendezvous_is_one_line(prepared, tmp_path, monkeypatch):  # noqa: F811
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    env.update(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")
+    proc = subprocess.run([sys.executable, "-m", "electra", *pretrain_args(prepared, tmp_path / "r", "--max-steps", "2")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "MASTER_ADDR and MASTER_PORT not set" in proc.stderr
+
+
+def test_finetune_under_torchrun(tmp_path, tokenizer_dir):
+    from test_finetune import classification_rows, write_tsv
+
+    header = ["sentence1", "sentence2", "label"]
+    train = write_tsv(tmp_path / "train.tsv", classification_rows(64, 1), header)
+    proc = torchrun(2, ["finetune", "--task", "classification", "--model", "tiny", "--tokenizer", str(tokenizer_dir),
+                        "--train", str(train), "--dev", str(train), "--out", str(tmp_path / "m"), "--epochs", "1",
+                        "--batch-size", "8"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 reports
+    assert (tmp_path / "m" / "model.safetensors").is_file() and (tmp_path / "m" / "metrics.jsonl").is_file()
