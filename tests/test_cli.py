@@ -49,7 +49,7 @@ def model_dir(tmp_path_factory, tokenizer_dir, special):
     cfg = tiny_config(120)
     torch.manual_seed(0)
     model = ElectraForPretraining(cfg, special)
-    write_model_dir(out, pretraining_state(model), {"model": cfg.to_dict()}, tokenizer_dir)
+    write_model_dir(out, pretraining_state(model.state_dict()), {"model": cfg.to_dict()}, tokenizer_dir)
     return out
 
 

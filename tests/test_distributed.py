@@ -69,6 +69,31 @@ def test_two_processes_match_one(prepared, tmp_path):  # noqa: F811
         torch.testing.assert_close(v, wa[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
+def test_fsdp_two_processes_train_and_resume(prepared, tmp_path):  # noqa: F811
+    from electra.cli import run
+    from electra.commands import COMMANDS
+
+    one, sharded = tmp_path / "one", tmp_path / "fsdp"
+    assert run(COMMANDS, pretrain_args(prepared, one, *SAME)) == 0
+    proc = torchrun(2, pretrain_args(prepared, sharded, *SAME, "--strategy", "fsdp", "--grad-accum", "2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 processes (cpu, fsdp)" in proc.stderr
+    a, b = losses(one), losses(sharded)
+    for step in a:
+        for x, y in zip(a[step], b[step]):
+            assert abs(x - y) <= 1e-4 * max(abs(x), 1e-6), (step, a[step], b[step])
+    reference = final_weights(one)
+    for k, v in final_weights(sharded).items():  # checkpoints hold whole tensors, whatever the sharding
+        torch.testing.assert_close(v, reference[k], rtol=1e-4, atol=1e-6, msg=k)
+    import shutil
+    shutil.rmtree(sharded / "step-00000008")
+    proc = torchrun(2, pretrain_args(prepared, sharded, *SAME, "--strategy", "fsdp", "--resume"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from" in proc.stderr
+    for k, v in final_weights(sharded).items():
+        torch.testing.assert_close(v, reference[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
 def test_gradient_accumulation_equals_one_big_batch(prepared, tmp_path):  # noqa: F811
     from electra.cli import run
     from electra.commands import COMMANDS

@@ -78,7 +78,7 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path, tokenizer, toke
     torch.manual_seed(2)
     model = ElectraForPretraining(cfg, special).eval()
     perturb(model)
-    write_model_dir(tmp_path / "ours", pretraining_state(model), {"model": cfg.to_dict()}, tokenizer_dir)
+    write_model_dir(tmp_path / "ours", pretraining_state(model.state_dict()), {"model": cfg.to_dict()}, tokenizer_dir)
     assert (tmp_path / "ours" / WEIGHTS).is_file()
     written = export_hf(load_pretrained(tmp_path / "ours"), tmp_path / "hf")
     assert [p.name for p in written] == ["discriminator", "generator"]

@@ -33,7 +33,7 @@ def test_save_load_round_trip(tmp_path, tokenizer_dir, special):
     torch.manual_seed(0)
     model = ElectraForPretraining(cfg, special).eval()
     perturb(model)
-    write_model_dir(tmp_path, pretraining_state(model), {"model": cfg.to_dict()}, tokenizer_dir)
+    write_model_dir(tmp_path, pretraining_state(model.state_dict()), {"model": cfg.to_dict()}, tokenizer_dir)
     loaded = load_pretrained(tmp_path)
     assert loaded.format == "electra"
     for name, net in (("discriminator", model.discriminator), ("generator", model.generator)):

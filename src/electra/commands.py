@@ -184,14 +184,15 @@ def pretrain(*, data: Path, model: str = "small", out: Path, max_steps: int | No
              time_budget: str | None = None, precision: Literal["fp32", "bf16", "fp16"] | None = None,
              grad_accum: int | None = None, compile: bool = False, warmup_steps: int | None = None,
              eval_every: int | None = None, log_every: int | None = None, keep_last: int | None = None,
-             tokenizer: Path | None = None) -> None:
+             tokenizer: Path | None = None, strategy: Literal["ddp", "fsdp"] | None = None) -> None:
     """Pretrain ELECTRA (generator + discriminator) on data made by `electra prepare`.
 
     AdamW (weight decay 0.01, none on LayerNorm and biases), linear warm-up then linear decay,
     clipping at 1.0. Checkpoints go to OUT/step-<8-digit step>/ (atomic; the last K kept); metrics to
     OUT/metrics.jsonl and OUT/curves.png. SIGTERM/SIGINT save a checkpoint and stop; --resume
     continues exactly where the newest intact checkpoint left off. Settings: defaults < the YAML
-    file given as --model < these flags.
+    file given as --model < these flags. Under `torchrun --nproc-per-node N -m electra pretrain ...`
+    the N processes share each global batch (DistributedDataParallel; NCCL on GPUs, gloo on CPU).
 
     Args:
         data: a directory written by `electra prepare`
@@ -213,6 +214,7 @@ def pretrain(*, data: Path, model: str = "small", out: Path, max_steps: int | No
         log_every: steps between rows of metrics.jsonl (default 10)
         keep_last: checkpoints to keep (default 3)
         tokenizer: the tokenizer directory (default: the copy inside DATA)
+        strategy: under torchrun, ddp replicates the model, fsdp shards it (PyTorch's fully_shard) (default ddp)
     """
     from electra.train.optim import parse_duration
     from electra.train.pretrain import pretrain as run_pretrain
@@ -220,7 +222,7 @@ def pretrain(*, data: Path, model: str = "small", out: Path, max_steps: int | No
     flags = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed, save_every=save_every,
                  precision=precision, grad_accum=grad_accum, warmup_steps=warmup_steps, eval_every=eval_every,
                  log_every=log_every, keep_last=keep_last, time_budget_s=parse_duration(time_budget),
-                 compile=compile or None, dropout=dropout)
+                 compile=compile or None, dropout=dropout, strategy=strategy)
     run_pretrain(data, model, out, resume=resume, tokenizer=tokenizer, progress=sys.stderr.isatty(), **flags)
 
 
@@ -263,7 +265,8 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, text_
     above, embeddings lowest), 10% warm-up then linear decay, no weight decay. The dev set is scored
     after each epoch (OUT/metrics.jsonl) and the best model kept in OUT, with dev reports
     (classification_report.txt and confusion_matrix.png, or ner_report.txt) and curves.png.
-    The last line of standard output is a JSON object of the best dev metrics.
+    The last line of standard output is a JSON object of the best dev metrics. Runs under torchrun
+    as `electra pretrain` does.
 
     Args:
         task: classification, regression, ner or qa

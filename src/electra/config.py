@@ -211,6 +211,8 @@ class PretrainConfig:
     """fp32, or bf16/fp16 mixed precision (on hardware that has it)."""
     compile: bool = False
     """torch.compile each transformer layer."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun: replicate the model (DistributedDataParallel) or shard it (FSDP, fully_shard)."""
     save_every: int = 1000
     """Steps between checkpoints."""
     keep_last: int = 3
@@ -236,6 +238,8 @@ class PretrainConfig:
             problems.append(f"eval-every must be >= 0 (got {self.eval_every})")
         if self.batch_size > 0 and self.grad_accum > 0 and self.batch_size % self.grad_accum:
             problems.append(f"batch-size {self.batch_size} is not divisible by grad-accum {self.grad_accum}")
+        if self.strategy not in ("ddp", "fsdp"):
+            problems.append(f"strategy must be ddp or fsdp (got {self.strategy})")
         if self.precision not in ("fp32", "bf16", "fp16"):
             problems.append(f"precision must be fp32, bf16 or fp16 (got {self.precision})")
         if problems:

@@ -57,9 +57,9 @@ class Pretrained:
 
 
 
-def pretraining_state(model: ElectraForPretraining) -> dict[str, torch.Tensor]:
+def pretraining_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The state to save: the generator's embeddings are the discriminator's, so stored once."""
-    return {k: v for k, v in model.state_dict().items() if not k.startswith("generator.encoder.embeddings.")}
+    return {k: v for k, v in state.items() if not k.startswith("generator.encoder.embeddings.")}
 
 
 def load_pretraining_state(model: ElectraForPretraining, state: dict[str, torch.Tensor], where: Path) -> None:

@@ -382,9 +382,11 @@ def _finetune(world: World, task_name: str, model_src: str, train_path: Path, de
         improved = scores[main] > best["value"]
         if improved:
             best.update(value=scores[main], epoch=epoch, scores=scores, preds=preds)
-            _write_atomic(out, _plain(trained), {**meta, "best": {"epoch": epoch, **scores}}, tok)
-        line = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
-        tqdm.write(f"epoch {epoch:g}: dev {line}{'  (best so far, saved)' if improved else ''}", file=sys.stderr)
+            if world.is_main:
+                _write_atomic(out, _plain(trained), {**meta, "best": {"epoch": epoch, **scores}}, tok)
+        if world.is_main:
+            line = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
+            tqdm.write(f"epoch {epoch:g}: dev {line}{'  (best so far, saved)' if improved else ''}", file=sys.stderr)
         return {"epoch": epoch, "dev_main": scores[main], **{f"dev_{k}": v for k, v in scores.items()}}
 
     log = MetricsLog(out, tensorboard=False) if world.is_main else NullLog()

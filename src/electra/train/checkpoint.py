@@ -51,12 +51,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(run: Path, step: int, *, model_state: dict, meta: dict, tokenizer_dir: Path,
-                    optimizer: torch.optim.Optimizer, trainer_state: dict, keep_last: int) -> Path:
+                    optimizer_state: dict, trainer_state: dict, keep_last: int) -> Path:
     final = run / f"step-{step:08d}"
     tmp = run / f".step-{step:08d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     write_model_dir(tmp, model_state, meta, tokenizer_dir)
-    torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+    torch.save(optimizer_state, tmp / OPTIMIZER)
     torch.save(rng_state(), tmp / RNG)
     (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **trainer_state}, indent=2) + "\n")
     _fsync_dir(tmp)
@@ -96,11 +96,13 @@ def latest_resumable(run: Path) -> Path | None:
     return None
 
 
-def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer) -> dict:
+def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    from electra.train.distributed import load_optimizer_state
+
     try:
-        optimizer.load_state_dict(torch.load(ckpt / OPTIMIZER, map_location="cpu", weights_only=True))
+        load_optimizer_state(model, optimizer, torch.load(ckpt / OPTIMIZER, map_location="cpu", weights_only=True))
         set_rng_state(torch.load(ckpt / RNG, map_location="cpu", weights_only=True))
         return json.loads((ckpt / TRAINER_STATE).read_text())
-    except (RuntimeError, ValueError, KeyError, EOFError, OSError) as e:
+    except (RuntimeError, ValueError, KeyError, EOFError, OSError, AssertionError) as e:
         raise UserError(f"checkpoint {ckpt} cannot be resumed ({type(e).__name__}: {e}); "
                         "move it aside to resume from an earlier one") from None

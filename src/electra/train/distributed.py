@@ -5,6 +5,7 @@ model in DistributedDataParallel. A plain `electra pretrain` is a world of one a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -118,3 +119,66 @@ def join() -> World:
 def leave(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# --- strategies: DistributedDataParallel (replicated) or FSDP (PyTorch's fully_shard) -----------
+
+def wrap(model: torch.nn.Module, world: World, strategy: str, blocks: list[torch.nn.Module],
+         device: torch.device) -> torch.nn.Module:
+    """The module to call forward on. DDP wraps; fully_shard shards each transformer layer, then the
+    rest (embeddings, heads) at the root, in place. A world of one gets the model back."""
+    if not world.distributed:
+        return model
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+        for block in blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[world.local_rank] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
+
+
+@contextlib.contextmanager
+def gradient_sync(module: torch.nn.Module, enabled: bool):
+    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on non-final micro-batches."""
+    if enabled:
+        yield
+    elif hasattr(module, "no_sync"):
+        with module.no_sync():
+            yield
+    elif hasattr(module, "set_requires_gradient_sync"):
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(module, FSDPModule)
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Whole (unsharded) model and optimizer state, on CPU, keyed by parameter name; under FSDP this is
+    collective (every rank calls it) and the result is on rank 0 only. The same format for every
+    strategy and world size, so any checkpoint resumes under any other."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    if is_sharded(model):
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+    return model.state_dict(), get_optimizer_state_dict(model, optimizer)
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    if state.get("state") and all(isinstance(k, int) for k in state["state"]):
+        optimizer.load_state_dict(state)  # checkpoints written before names were used
+        return
+    options = StateDictOptions(full_state_dict=True) if is_sharded(model) else None
+    set_optimizer_state_dict(model, optimizer, state, options=options)

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from electra.errors import UserError
-from electra.train.distributed import World
+from electra.train.distributed import World, gradient_sync
 from electra.train.logs import MetricsLog
 from electra.train.optim import linear_warmup_decay, set_lr
 
@@ -94,10 +94,9 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
                desc: str = "train", world: World = World()) -> LoopResult:
     """Run optimizer steps start_step .. max_steps-1. `micro_batches(step)` yields this process's
     micro-batches of the step; `save(step)` writes a checkpoint after `step` completed steps.
-    Distributed, only rank 0 logs, evaluates, saves and shows progress."""
+    Distributed, every process evaluates and calls save; only rank 0 logs, writes and shows progress."""
     s = settings
     model = objective.model
-    no_sync = getattr(model, "no_sync", None)  # DDP: all-reduce gradients on the last micro-batch only
     params = [p for g in optimizer.param_groups for p in g["params"]]
     progress = progress and world.is_main
     scaler = torch.amp.GradScaler(device.type) if s.precision == "fp16" else None
@@ -119,8 +118,7 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
             micros = [m.to(device, non_blocking=True) for m in micro_batches(step)]
             totals = world.sum_(sum(objective.counts(m) for m in micros))
             for i, micro in enumerate(micros):
-                sync = no_sync is None or i == len(micros) - 1
-                with contextlib.nullcontext() if sync else no_sync():
+                with gradient_sync(model, i == len(micros) - 1):  # communicate on the last one only
                     with autocast(s.precision, device):
                         loss, metrics = objective.loss(micro, step, totals)
                     scaled = loss * world.size  # DDP averages gradients over processes; shares must add up
@@ -131,6 +129,8 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
             if scaler:
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP: a sharded (DTensor) norm
+                grad_norm = grad_norm.full_tensor()
             if scaler:
                 scaler.step(optimizer)  # skips the update itself when gradients overflowed
                 scaler.update()
@@ -169,15 +169,13 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
                 sums, window_steps, window_start = {}, 0, now
                 grad_norm_sum = torch.zeros((), device=device)
                 token_count.zero_()
-            if evaluate is not None and s.eval_every and (step % s.eval_every == 0 or step == s.max_steps) \
-                    and world.is_main:
-                log.write({"step": step, **evaluate(step)})
+            if evaluate is not None and s.eval_every and (step % s.eval_every == 0 or step == s.max_steps):
+                log.write({"step": step, **evaluate(step)})  # on every process: sharded forwards are collective
             over_budget = s.time_budget_s is not None and time.perf_counter() - started >= s.time_budget_s
             # every process must stop at the same step, whichever one got the signal
             stopping = world.any(bool(stop.received) or over_budget, device)
             if stopping or step % s.save_every == 0 or step == s.max_steps:
-                if world.is_main:
-                    last_ckpt = save(step)
+                last_ckpt = save(step)  # every process (gathering sharded state is collective); rank 0 writes
                 world.barrier()  # nobody runs ahead (or exits) before the checkpoint is complete
             if stopping:
                 stopped_by = stop.received or ("time_budget" if over_budget else "signal on another process")

@@ -20,7 +20,7 @@ from electra.model.electra import ElectraForPretraining, ObjectiveConfig
 from electra.pretrained import load_pretraining_state, pretraining_state
 from electra.train.checkpoint import (latest_resumable, load_training_state, remove_stale_temporaries,
                                       save_checkpoint)
-from electra.train.distributed import World, join, leave
+from electra.train.distributed import World, full_state, join, leave, wrap
 from electra.train.logs import MetricsLog, NullLog, plot_curves
 from electra.train.loop import LoopSettings, train_loop
 from electra.train.optim import adamw
@@ -173,25 +173,25 @@ def _pretrain(world: World, data: Path, model_spec: str, out: Path, *, resume: b
 
     torch.manual_seed(t.seed)  # the same initial weights on every process
     model = ElectraForPretraining(res.model, special, res.objective).to(device)
-    optimizer = adamw(model, t.lr, t.weight_decay, eps=t.adam_eps)
-    start = 0
-    if ckpt is not None:
+    if ckpt is not None:  # the whole weights first; sharding (FSDP) splits them afterwards
         from safetensors.torch import load_file
         load_pretraining_state(model, {k: v.to(device) for k, v in load_file(str(ckpt / "model.safetensors")).items()},
                                ckpt)
-        start = int(load_training_state(ckpt, optimizer)["step"])
+    layers = [*model.discriminator.encoder.layers, *model.generator.encoder.layers]
+    if t.compile:
+        for layer in layers:
+            layer.compile()
+    if t.strategy == "fsdp" and not world.distributed:
+        say("electra: --strategy fsdp shards over processes started by torchrun; with one process the model "
+            "is not sharded")
+    trained = wrap(model, world, t.strategy, layers, device)
+    optimizer = adamw(model, t.lr, t.weight_decay, eps=t.adam_eps)  # after sharding: it holds the shards
+    start = 0
+    if ckpt is not None:
+        start = int(load_training_state(ckpt, model, optimizer)["step"])
         say(f"electra: resuming from {ckpt} (step {start})")
     if world.distributed:
         torch.manual_seed(t.seed * 1_000_003 + world.rank + 7919 * start)  # different dropout per process
-    if t.compile:
-        for net in (model.discriminator, model.generator):
-            for layer in net.encoder.layers:
-                layer.compile()
-    trained = model
-    if world.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-        trained = DistributedDataParallel(model, device_ids=[world.local_rank] if device.type == "cuda" else None,
-                                          broadcast_buffers=False)
 
     per_process = t.batch_size // world.size
     micro = per_process // t.grad_accum
@@ -206,9 +206,13 @@ def _pretrain(world: World, data: Path, model_spec: str, out: Path, *, resume: b
     meta = {"kind": "pretraining", **identity, "special_ids": dataclasses.asdict(special)}
 
     def save(step: int):
-        return save_checkpoint(out, step, model_state=pretraining_state(model), meta=meta, tokenizer_dir=tok_dir,
-                               optimizer=optimizer, trainer_state={"data_position": step * t.batch_size,
-                                                                   "examples_seen": step * t.batch_size},
+        model_state, optimizer_state = full_state(model, optimizer)  # collective under FSDP
+        if not world.is_main:
+            return None
+        return save_checkpoint(out, step, model_state=pretraining_state(model_state), meta=meta,
+                               tokenizer_dir=tok_dir, optimizer_state=optimizer_state,
+                               trainer_state={"data_position": step * t.batch_size, "examples_seen": step * t.batch_size,
+                                              "processes": world.size, "strategy": t.strategy},
                                keep_last=t.keep_last)
 
     evaluate = None
@@ -239,7 +243,7 @@ def _pretrain(world: World, data: Path, model_spec: str, out: Path, *, resume: b
         log.close()
         return out
     n_params = sum(p.numel() for p in model.discriminator.parameters())
-    where = f"{world.size} processes ({device.type})" if world.distributed else str(device)
+    where = f"{world.size} processes ({device.type}, {t.strategy})" if world.distributed else str(device)
     say(f"electra: pretraining {res.size} (discriminator {n_params / 1e6:.1f}M parameters) on {where}, "
         f"{len(train_data):,} examples of {train_data.seq_len} tokens, batch {t.batch_size}, "
         f"steps {start}->{t.max_steps}, lr {t.lr:g}")
