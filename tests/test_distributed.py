@@ -125,14 +125,18 @@ def test_missing_rendezvous_is_one_line(prepared, tmp_path, monkeypatch):  # noq
     assert proc.stderr.strip().count("\n") == 0 and "MASTER_ADDR and MASTER_PORT not set" in proc.stderr
 
 
-def test_finetune_under_torchrun(tmp_path, tokenizer_dir):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_finetune_under_torchrun(strategy, tmp_path, tokenizer_dir):
     from test_finetune import classification_rows, write_tsv
 
     header = ["sentence1", "sentence2", "label"]
     train = write_tsv(tmp_path / "train.tsv", classification_rows(64, 1), header)
     proc = torchrun(2, ["finetune", "--task", "classification", "--model", "tiny", "--tokenizer", str(tokenizer_dir),
                         "--train", str(train), "--dev", str(train), "--out", str(tmp_path / "m"), "--epochs", "1",
-                        "--batch-size", "8"])
+                        "--batch-size", "8", "--strategy", strategy])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"2 processes (cpu, {strategy})" in proc.stderr
+    from electra.finetune.run import load_finetuned
+    load_finetuned(tmp_path / "m")  # whole tensors were saved, whatever the sharding
     assert len([line for line in proc.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 reports
     assert (tmp_path / "m" / "model.safetensors").is_file() and (tmp_path / "m" / "metrics.jsonl").is_file()

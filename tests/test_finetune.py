@@ -253,7 +253,7 @@ def test_export_loads_in_transformers_with_same_outputs(task, auto, labels, tmp_
     src.mkdir()
     meta = {"kind": "finetuned", "task": task, "model": cfg.to_dict(), "labels": labels,
             "settings": make_task(task, labels).settings, "max_seq_len": 32}
-    _write_atomic(src, model, meta, tokenizer)
+    _write_atomic(src, model.state_dict(), meta, tokenizer)
     code, _, err = cli(capsys, "export", "--model", src, "--out", tmp_path / "hf")
     assert code == 0, err
     theirs = getattr(transformers, auto).from_pretrained(tmp_path / "hf").eval()

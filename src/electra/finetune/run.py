@@ -33,7 +33,7 @@ from electra.finetune.metrics import MAIN_METRIC, write_reports
 from electra.finetune.model import HF_ARCHITECTURE, TASKS, FinetuneModel, layer_decay_scales
 from electra.finetune.tasks import IGNORE, Task, collate, make_task
 from electra.pretrained import ELECTRA_JSON, FORMAT_VERSION, WEIGHTS, load_pretrained, resolve, write_model_dir
-from electra.train.distributed import World, join, leave
+from electra.train.distributed import World, full_model_state, join, leave, wrap
 from electra.train.logs import MetricsLog, NullLog, plot_curves
 from electra.train.loop import LoopSettings, train_loop
 from electra.train.optim import adamw
@@ -72,6 +72,7 @@ class FinetuneSettings:
     doc_stride: int = 128
     max_answer_len: int = 30
     precision: str = "fp32"
+    strategy: str = "ddp"
 
     def check(self) -> None:
         problems = []
@@ -92,6 +93,9 @@ class FinetuneSettings:
             problems.append(f"--dropout must be in [0, 1) (got {self.dropout})")
         if sum([self.head_only, self.lora, self.freeze_layers > 0]) > 1:
             problems.append("choose one of --head-only, --lora and --freeze-layers")
+        if self.strategy == "fsdp" and (self.lora or self.head_only or self.freeze_layers):
+            problems.append("--strategy fsdp trains every parameter; use the default ddp with --lora, "
+                            "--head-only or --freeze-layers")
         if problems:
             raise UserError("; ".join(problems))
 
@@ -261,18 +265,19 @@ def _trainable(model: FinetuneModel, s: FinetuneSettings) -> torch.nn.Module:
     return model
 
 
-def _plain(trained: torch.nn.Module) -> FinetuneModel:
-    """The model to save: LoRA adapters merged into a copy of the weights, so the result loads anywhere."""
+def _state_to_save(trained: torch.nn.Module) -> dict:
+    """The weights to save: LoRA adapters merged into a copy, so the result loads anywhere; whole
+    tensors under FSDP (gathering them is collective: every process calls this)."""
     if isinstance(trained, FinetuneModel):
-        return trained
-    return copy.deepcopy(trained).merge_and_unload()
+        return full_model_state(trained)
+    return copy.deepcopy(trained).merge_and_unload().state_dict()
 
 
-def _write_atomic(out: Path, model: FinetuneModel, meta: dict, tok: Tokenizer) -> None:
+def _write_atomic(out: Path, state: dict, meta: dict, tok: Tokenizer) -> None:
     """Write weights, electra.json and tokenizer into a temporary directory, then rename each file
     into OUT: a crash leaves either the previous best model or the new one, never half a file."""
     tmp = out / f".best.tmp-{os.getpid()}"
-    write_model_dir(tmp, model.state_dict(), meta, None, tokenizer=tok)
+    write_model_dir(tmp, state, meta, None, tokenizer=tok)
     for name in sorted(os.listdir(tmp), key=lambda n: n == ELECTRA_JSON):  # the config last
         os.replace(tmp / name, out / name)
     tmp.rmdir()
@@ -337,13 +342,10 @@ def _finetune(world: World, task_name: str, model_src: str, train_path: Path, de
     device = world.device() if world.distributed else pick_device()
     model.to(device)
     trained = _trainable(model, s)
-    forward = trained
-    if world.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-        forward = DistributedDataParallel(trained, device_ids=[world.local_rank] if device.type == "cuda" else None)
+    forward = wrap(trained, world, s.strategy, list(model.encoder.layers), device)
     n_train = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
-    where = f"{world.size} processes ({device.type})" if world.distributed else str(device)
+    where = f"{world.size} processes ({device.type}, {s.strategy})" if world.distributed else str(device)
     say(f"electra: fine-tuning {source} for {task_name} on {where}: {len(train_examples):,} training and "
         f"{len(dev_examples):,} dev examples; trainable parameters {n_train:,} of {n_all:,} "
         f"({100 * n_train / n_all:.2f}%)")
@@ -382,8 +384,9 @@ def _finetune(world: World, task_name: str, model_src: str, train_path: Path, de
         improved = scores[main] > best["value"]
         if improved:
             best.update(value=scores[main], epoch=epoch, scores=scores, preds=preds)
+            state = _state_to_save(trained)
             if world.is_main:
-                _write_atomic(out, _plain(trained), {**meta, "best": {"epoch": epoch, **scores}}, tok)
+                _write_atomic(out, state, {**meta, "best": {"epoch": epoch, **scores}}, tok)
         if world.is_main:
             line = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
             tqdm.write(f"epoch {epoch:g}: dev {line}{'  (best so far, saved)' if improved else ''}", file=sys.stderr)
@@ -402,10 +405,10 @@ def _finetune(world: World, task_name: str, model_src: str, train_path: Path, de
         log.close()
         if world.is_main:
             plot_curves(out, PLOT_PANELS)
-    if not world.is_main:
-        return {}
     if "scores" not in best:  # stopped before the first evaluation
         evaluate(result.step)
+    if not world.is_main:
+        return {}
     reports = write_reports(task_name, out, task.gold(dev_examples), best["preds"], task.labels)
     summary = {"best_epoch": best["epoch"], **best["scores"], "minutes": round((time.perf_counter() - started) / 60, 2)}
     say(f"electra: best dev {main} {best['value']:.4f} at epoch {best['epoch']:g}; model in {out}"

@@ -163,16 +163,22 @@ def is_sharded(module: torch.nn.Module) -> bool:
     return isinstance(module, FSDPModule)
 
 
+def full_model_state(model: torch.nn.Module) -> dict:
+    """The whole model state on CPU (collective under FSDP; the result is on rank 0 only)."""
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return model.state_dict()
+
+
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Whole (unsharded) model and optimizer state, on CPU, keyed by parameter name; under FSDP this is
     collective (every rank calls it) and the result is on rank 0 only. The same format for every
     strategy and world size, so any checkpoint resumes under any other."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
-    if is_sharded(model):
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
-    return model.state_dict(), get_optimizer_state_dict(model, optimizer)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True) if is_sharded(model) else None
+    return full_model_state(model), get_optimizer_state_dict(model, optimizer, options=options)
 
 
 def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
