@@ -140,3 +140,28 @@ def test_finetune_under_torchrun(strategy, tmp_path, tokenizer_dir):
     load_finetuned(tmp_path / "m")  # whole tensors were saved, whatever the sharding
     assert len([line for line in proc.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 reports
     assert (tmp_path / "m" / "model.safetensors").is_file() and (tmp_path / "m" / "metrics.jsonl").is_file()
+
+
+def test_sigterm_on_one_rank_stops_all_with_an_intact_checkpoint(prepared, tmp_path):  # noqa: F811
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "electra",
+           *pretrain_args(prepared, out, "--max-steps", "100000", "--save-every", "100000", "--log-every", "1")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "metrics.jsonl").is_file():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 2, children
+    os.kill(int(children[-1]), signal.SIGTERM)  # one worker only
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    ckpts = sorted(out.glob("step-*"))
+    assert len(ckpts) == 1 and (ckpts[0] / "optimizer.pt").is_file()
+    from electra.train.checkpoint import resumable
+    assert resumable(ckpts[0])
