@@ -399,6 +399,88 @@ def predict(*, model: str, input: Path, output: Path, task: Task | None = None, 
     print(f"wrote {len(rows):,} predictions to {output}", file=sys.stderr)
 
 
+def _bench(mode: str, model: str, batch_size: int, seq_len: int, steps: int, warmup: int, rounds: int,
+           precision: str, compare: str | None, json_: bool, data: Path | None = None) -> None:
+    from electra.bench.runner import run_bench
+
+    r = run_bench(mode, model, batch_size, seq_len, steps, warmup, rounds, precision, compare == "hf", data)
+    unit = "sequences" if mode == "infer" else "tokens"
+    print(f"{mode} {model}, batch {batch_size}" + (f", seq {seq_len}" if mode != "infer" else "")
+          + f", {precision}: {r[f'{unit}_per_s']:,.1f} {unit}/s; {r['flops_per_token'] / 1e6:.1f} MFLOP per token; "
+          f"{r['achieved_flops'] / 1e9:.1f} GFLOP/s of a measured {r['peak_flops'] / 1e9:.1f} GFLOP/s matmul peak "
+          f"(MFU {100 * r['mfu']:.1f}%)")
+    if compare == "hf":
+        print(f"Hugging Face reference: {r[f'hf_{unit}_per_s']:,.1f} {unit}/s; ours is {r['ratio_vs_hf']:.2f}x"
+              + (f"; largest logit difference {r['max_abs_logit_diff']:.2e}" if "max_abs_logit_diff" in r else ""))
+    if json_:
+        print(json.dumps(r))
+
+
+def bench_pretrain(*, model: str = "small", batch_size: int = 16, seq_len: int = 128, steps: int = 5,
+                   warmup: int = 2, rounds: int = 3, precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+                   compare: Literal["hf"] | None = None, json_: bool = False) -> None:
+    """Time pretraining steps (both networks, AdamW) on synthetic full-length batches.
+
+    Reports tokens/s, model FLOPs per token (matmuls of both networks, attention, the generator's
+    vocabulary projection on masked positions only), achieved FLOP/s, the device's matmul peak
+    measured in the same run, and MFU. With --compare hf, the Hugging Face reference
+    (ElectraForMaskedLM + ElectraForPreTraining, logits at every position) is timed interleaved.
+
+    Args:
+        model: a size: tiny, small, base, large
+        batch_size: sequences per step
+        seq_len: tokens per sequence
+        steps: timed steps per round
+        warmup: untimed steps first
+        rounds: rounds of timed steps (the median is reported)
+        precision: fp32, or bf16/fp16 on a GPU
+        compare: hf: also time the Hugging Face reference
+        json_: end with one JSON object of the results
+    """
+    _bench("pretrain", model, batch_size, seq_len, steps, warmup, rounds, precision, compare, json_)
+
+
+def bench_finetune(*, model: str = "small", batch_size: int = 32, seq_len: int = 128, steps: int = 5,
+                   warmup: int = 2, rounds: int = 3, precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+                   compare: Literal["hf"] | None = None, json_: bool = False) -> None:
+    """Time fine-tuning steps of a sequence classifier on synthetic full-length batches.
+
+    Args:
+        model: a size: tiny, small, base, large
+        batch_size: sequences per step
+        seq_len: tokens per sequence
+        steps: timed steps per round
+        warmup: untimed steps first
+        rounds: rounds of timed steps (the median is reported)
+        precision: fp32, or bf16/fp16 on a GPU
+        compare: hf: also time transformers' ElectraForSequenceClassification
+        json_: end with one JSON object of the results
+    """
+    _bench("finetune", model, batch_size, seq_len, steps, warmup, rounds, precision, compare, json_)
+
+
+def bench_infer(*, model: str = "small", data: Path | None = None, batch_size: int = 32, seq_len: int = 128,
+                rounds: int = 3, precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+                compare: Literal["hf"] | None = None, json_: bool = False) -> None:
+    """Time classifying sentences: ours in length-sorted batches, the reference in file order.
+
+    With --compare hf, transformers' ElectraForSequenceClassification with the same weights
+    classifies the same sentences on batches padded to their longest member; the largest logit
+    difference is reported.
+
+    Args:
+        model: a size: tiny, small, base, large
+        data: a table of sentences (e.g. SST-2's dev.tsv); default: 1000 synthetic sentences of mixed length
+        batch_size: sentences per batch
+        seq_len: longest input; longer sentences are cut
+        rounds: passes over the sentences (the median is reported)
+        precision: fp32, or bf16/fp16 on a GPU
+        compare: hf: also time the Hugging Face reference
+        json_: end with one JSON object of the results
+    """
+    _bench("infer", model, batch_size, seq_len, 1, 1, rounds, precision, compare, json_, data)
+
+
 COMMANDS: dict = {
     "demo": demo,
     "tokenizer": {"train": tokenizer_train},
@@ -410,4 +492,5 @@ COMMANDS: dict = {
     "finetune": finetune,
     "evaluate": evaluate,
     "predict": predict,
+    "bench": {"pretrain": bench_pretrain, "finetune": bench_finetune, "infer": bench_infer},
 }

@@ -225,12 +225,11 @@ class FinetuneObjective:
         self.model = model
         self.task = task
 
-    @staticmethod
-    def counts(batch) -> torch.Tensor:
+    def counts(self, batch) -> torch.Tensor:
         """Examples, or labelled tokens for NER: the mean loss is over these."""
-        labels = batch.labels
-        n = (labels != IGNORE).sum() if labels.ndim == 2 and labels.dtype == torch.long else labels.new_tensor(len(labels))
-        return n.float().reshape(1)
+        if self.task.name == "ner":
+            return (batch.labels != IGNORE).sum().float().reshape(1)
+        return torch.full((1,), float(len(batch.labels)), device=batch.labels.device)
 
     def loss(self, batch, step: int, totals: torch.Tensor):
         logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)

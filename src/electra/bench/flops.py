@@ -1,0 +1,34 @@
+"""Model FLOPs per token, counted from the architecture (matmuls only: 2 FLOPs per multiply-add).
+
+A training step costs 3x the forward pass (the backward pass computes gradients with respect to
+both inputs and weights). Pretraining counts both networks, attention, and the generator's
+vocabulary projection on the masked positions only, which is what ELECTRA computes.
+"""
+
+from __future__ import annotations
+
+from electra.config import ElectraConfig, ModelConfig
+
+
+def encoder_forward(cfg: ModelConfig, seq_len: int) -> float:
+    """Per token: embedding projection, then per layer q/k/v/out, the feed-forward, and attention
+    (scores QK^T and the weighted sum of V, each 2 x seq_len x hidden)."""
+    H, I = cfg.hidden_size, cfg.intermediate_size
+    per_layer = 2 * (4 * H * H + 2 * H * I) + 4 * seq_len * H
+    project = 2 * cfg.embedding_size * H if cfg.embedding_size != H else 0
+    return project + cfg.num_hidden_layers * per_layer
+
+
+def pretraining_step(cfg: ElectraConfig, seq_len: int, mask_fraction: float) -> float:
+    """FLOPs per token of one pretraining step (forward and backward of both networks)."""
+    d, g = cfg.discriminator, cfg.generator
+    disc = encoder_forward(d, seq_len) + 2 * d.hidden_size * d.hidden_size + 2 * d.hidden_size  # + RTD head
+    gen_head = 2 * g.hidden_size * g.embedding_size + 2 * g.embedding_size * g.vocab_size  # per masked position
+    gen = encoder_forward(g, seq_len) + mask_fraction * gen_head
+    return 3.0 * (disc + gen)
+
+
+def classifier_forward(cfg: ModelConfig, seq_len: int, num_labels: int = 2) -> float:
+    """FLOPs per token of a sequence classifier's forward pass (the head runs once per sequence)."""
+    head = (2 * cfg.hidden_size * cfg.hidden_size + 2 * cfg.hidden_size * num_labels) / seq_len
+    return encoder_forward(cfg, seq_len) + head
