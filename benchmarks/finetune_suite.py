@@ -21,7 +21,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # name, task, train, dev, extra flags, the metric shown
 TASKS = {
@@ -69,7 +69,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-train", type=int, default=20000)
     ap.add_argument("--only", nargs="*", help="run only these tasks (names as in the table)")
+    ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     args = ap.parse_args()
+    DATA = args.data_root
+    if not DATA.is_dir():
+        raise SystemExit(f"data folder not found: {DATA}; pass --data-root")
 
     from electra.pretrained import resolve
 
