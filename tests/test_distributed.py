@@ -59,7 +59,7 @@ def test_two_processes_match_one(prepared, tmp_path):  # noqa: F811
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6, msg=k)
     row = json.loads((two / "metrics.jsonl").read_text().splitlines()[-1])
-    assert row["processes"] == 2 and row["tokens_per_s_per_process"] > 0
+    assert row["processes"] == 2 and row["tokens_per_s_per_process"] > 0 and 0 < row["scaling_efficiency"] < 2
     # resume the 2-process run's step-4 checkpoint with 1 process: it continues to the same end
     import shutil
     shutil.rmtree(two / "step-00000008")

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from electra.errors import UserError
-from electra.train.distributed import World, gradient_sync
+from electra.train.distributed import World, gradient_sync, is_sharded
 from electra.train.logs import MetricsLog
 from electra.train.optim import linear_warmup_decay, set_lr
 
@@ -87,6 +87,33 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def solo_throughput(objective: Objective, micro_batches, step: int, device: torch.device, world: World,
+                    precision: str) -> float:
+    """Tokens/s of one process's forward and backward passes without gradient communication, timed
+    on one micro-batch before training (averaged over processes): `scaling_efficiency` is the
+    distributed throughput per process over this. Gradients are discarded; no state changes.
+    Not under FSDP, which cannot skip its communication (parameters are gathered in the forward)
+    and keeps unsynchronised gradients where zero_grad does not reach them."""
+    if not world.distributed or is_sharded(objective.model):
+        return 0.0
+    micro = next(iter(micro_batches(step))).to(device)
+    totals = objective.counts(micro)
+    objective.model.train()
+    seconds = []
+    for _ in range(3):  # the first pass warms up
+        started = time.perf_counter()
+        with gradient_sync(objective.model, False):
+            with autocast(precision, device):
+                loss, _ = objective.loss(micro, step, totals)
+            loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    objective.model.zero_grad(set_to_none=True)
+    rate = torch.tensor([float(objective.tokens(micro)) / min(seconds[1:])], device=device)
+    return float(world.sum_(rate)) / world.size
+
+
 def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
                micro_batches: Callable[[int], Iterable], settings: LoopSettings, *, device: torch.device,
                start_step: int, log: MetricsLog, save: Callable[[int], object],
@@ -108,6 +135,7 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
     last_ckpt = None
     bad_steps = 0
     stopped_by = "max_steps"
+    solo_rate = solo_throughput(objective, micro_batches, start_step, device, world, s.precision)
     bar = tqdm(total=s.max_steps, initial=start_step, desc=desc, unit="step",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
     step = start_step
@@ -163,6 +191,8 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
                 row.update(lr=lr, tokens_per_s=round(rate, 1), elapsed_s=round(now - started, 2))
                 if world.distributed:
                     row.update(processes=world.size, tokens_per_s_per_process=round(rate / world.size, 1))
+                    if solo_rate:
+                        row["scaling_efficiency"] = round(rate / world.size / solo_rate, 3)
                 log.write(row)
                 shown = {k: f"{row[k]:.3f}" for k in ("loss", "disc_acc") if k in row}
                 bar.set_postfix(**shown, tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
