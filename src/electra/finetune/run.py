@@ -29,7 +29,7 @@ from electra import hf
 from electra.config import SIZES, ModelConfig, SpecialIds, get_size, read_json
 from electra.data.tokenizer import check_vocab, is_lowercase, load_tokenizer, save_tokenizer, special_ids
 from electra.errors import UserError
-from electra.finetune.metrics import MAIN_METRIC, write_reports
+from electra.finetune.metrics import MAIN_METRIC, SELECTABLE, write_reports
 from electra.finetune.model import HF_ARCHITECTURE, TASKS, FinetuneModel, layer_decay_scales
 from electra.finetune.tasks import IGNORE, Task, collate, make_task
 from electra.pretrained import ELECTRA_JSON, FORMAT_VERSION, WEIGHTS, load_pretrained, resolve, write_model_dir
@@ -302,6 +302,8 @@ def _finetune(world: World, task_name: str, model_src: str, train_path: Path, de
     s.check()
     if task_name not in TASKS:
         raise UserError(f"unknown task {task_name!r}; choose {', '.join(TASKS)}")
+    if metric is not None and metric not in SELECTABLE[task_name]:
+        raise UserError(f"--metric {metric} is not one of {task_name}'s: {', '.join(SELECTABLE[task_name])}")
     if s.batch_size % world.size:
         raise UserError(f"--batch-size {s.batch_size} is not divisible by the {world.size} processes")
 
@@ -377,8 +379,6 @@ def _finetune(world: World, task_name: str, model_src: str, train_path: Path, de
         outputs = model_outputs(trained, dev_features, 2 * s.batch_size, device, special.pad)
         preds = task.decode(dev_examples, dev_features, outputs)
         scores = task.score(dev_examples, preds)
-        if main not in scores:
-            raise UserError(f"--metric {main} is not one of {task_name}'s metrics: {', '.join(scores)}")
         epoch = round(step / steps_per_epoch, 3)
         improved = scores[main] > best["value"]
         if improved:
