@@ -89,7 +89,8 @@ def main() -> None:
         train_path = DATA / train
         if task in ("classification", "regression"):
             train_path = capped(train_path, args.max_train, args.out / f"{name}-train{train_path.suffix}")
-        row = {"task": task, "metric": metric, "train": str(train_path), "dev": str(DATA / dev)}
+        row = {"task": task, "metric": metric, "train": str(train_path), "dev": str(DATA / dev),
+               "settings": common + flags}
         for arm, src in (("pretrained", ["--model", str(model_dir)]),
                          ("scratch", ["--model", args.size, "--tokenizer", tokenizer])):
             slug = name.lower().replace(" ", "-")

@@ -2,6 +2,7 @@
 `transformers`, tell randomly replaced tokens from original ones in unseen Wikipedia text?
 
     .venv/bin/python benchmarks/pretrain_quality.py --size tiny --steps 2000 --batch-size 32
+    .venv/bin/python benchmarks/pretrain_quality.py --size benchmarks/tiny_hot_sampling.yaml --vocab-size 8192
     .venv/bin/python benchmarks/pretrain_quality.py --size small --time-budget 1h --batch-size 32
 
 Trains a tokenizer and prepares the first --files files of ../shared/data/en/wiki, pretrains,
@@ -55,7 +56,9 @@ def hf_auc(export_dir: Path, eval_data: Path, n_examples: int, seed: int = 0) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="tiny")
+    ap.add_argument("--size", default="tiny", help="a size or a YAML file of settings "
+                    "(e.g. benchmarks/tiny_hot_sampling.yaml)")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--files", type=int, default=10)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -84,7 +87,7 @@ def main() -> None:
     started = time.time()
     cmd = ["pretrain", "--data", str(out / "data"), "--model", args.size, "--out", str(out / "run"),
            "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--save-every", "500",
-           "--eval-every", "250", "--resume"]
+           "--eval-every", "250", "--seed", str(args.seed), "--resume"]
     if args.time_budget:
         cmd += ["--time-budget", args.time_budget]
     code = run(COMMANDS, cmd)
@@ -95,7 +98,7 @@ def main() -> None:
     result = hf_auc(out / "export" / "discriminator", out / "eval", args.eval_examples)
     rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "disc_loss" in r]
-    result.update(size=args.size, steps=train_rows[-1]["step"], batch_size=args.batch_size, minutes=round(minutes, 1),
+    result.update(size=args.size, seed=args.seed, steps=train_rows[-1]["step"], batch_size=args.batch_size, minutes=round(minutes, 1),
                   disc_loss_first=train_rows[0]["disc_loss"], disc_loss_last=train_rows[-1]["disc_loss"],
                   tokens_per_s_median=float(np.median([r["tokens_per_s"] for r in train_rows])),
                   machine=f"{platform.machine()} {torch.get_num_threads()} threads", date=str(date.today()))

@@ -58,6 +58,8 @@ def test_two_processes_match_one(prepared, tmp_path):  # noqa: F811
     wa, wb = final_weights(one), final_weights(two)
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6, msg=k)
+    # even one process under torchrun trains in a process group, through DDP
+    assert json.loads((one / "metrics.jsonl").read_text().splitlines()[-1])["processes"] == 1
     row = json.loads((two / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["processes"] == 2 and row["tokens_per_s_per_process"] > 0 and 0 < row["scaling_efficiency"] < 2
     # resume the 2-process run's step-4 checkpoint with 1 process: it continues to the same end

@@ -151,3 +151,15 @@ def test_randomness_does_not_depend_on_batch_layout(special):
     assert torch.equal(whole.corrupted_ids, reversed_.corrupted_ids[rev])
     other_step = _run(model, ids, mask, types, idx, step=6)
     assert not torch.equal(whole.corrupted_ids, other_step.corrupted_ids)
+
+
+def test_counter_based_randomness_is_pinned():
+    """Checkpoints resume with the same corruption only if these numbers never change between
+    versions (they were computed when the hash's key moved from a device tensor to a host int)."""
+    from electra.model.rng import uniform
+
+    got = uniform(3, 17, torch.tensor([0, 12345, 2**40 + 1]), 2, 4)
+    want = torch.tensor([[0.3713698387145996, 0.44717711210250854, 0.2147464156150818, 0.4318917989730835],
+                         [0.3163548707962036, 0.5310919880867004, 0.23358744382858276, 0.7049204111099243],
+                         [0.9821430444717407, 0.29290610551834106, 0.08144992589950562, 0.8357636332511902]])
+    assert torch.equal(got, want)

@@ -400,10 +400,11 @@ def predict(*, model: str, input: Path, output: Path, task: Task | None = None, 
 
 
 def _bench(mode: str, model: str, batch_size: int, seq_len: int, steps: int, warmup: int, rounds: int,
-           precision: str, compare: str | None, json_: bool, data: Path | None = None) -> None:
+           precision: str, compare: str | None, json_: bool, data: Path | None = None, compile_: bool = False) -> None:
     from electra.bench.runner import run_bench
 
-    r = run_bench(mode, model, batch_size, seq_len, steps, warmup, rounds, precision, compare == "hf", data)
+    r = run_bench(mode, model, batch_size, seq_len, steps, warmup, rounds, precision, compare == "hf", data,
+                  compile_)
     unit = "sequences" if mode == "infer" else "tokens"
     print(f"{mode} {model}, batch {batch_size}" + (f", seq {seq_len}" if mode != "infer" else "")
           + f", {precision}: {r[f'{unit}_per_s']:,.1f} {unit}/s; {r['flops_per_token'] / 1e6:.1f} MFLOP per token; "
@@ -412,13 +413,16 @@ def _bench(mode: str, model: str, batch_size: int, seq_len: int, steps: int, war
     if compare == "hf":
         print(f"Hugging Face reference: {r[f'hf_{unit}_per_s']:,.1f} {unit}/s; ours is {r['ratio_vs_hf']:.2f}x"
               + (f"; largest logit difference {r['max_abs_logit_diff']:.2e}" if "max_abs_logit_diff" in r else ""))
+    if "step_memory_mb" in r:
+        print(f"GPU memory a step adds on top of weights and optimizer state: {r['step_memory_mb']:,.0f} MiB"
+              + (f" (reference: {r['hf_step_memory_mb']:,.0f} MiB)" if "hf_step_memory_mb" in r else ""))
     if json_:
         print(json.dumps(r))
 
 
 def bench_pretrain(*, model: str = "small", batch_size: int = 16, seq_len: int = 128, steps: int = 5,
                    warmup: int = 2, rounds: int = 3, precision: Literal["fp32", "bf16", "fp16"] = "fp32",
-                   compare: Literal["hf"] | None = None, json_: bool = False) -> None:
+                   compare: Literal["hf"] | None = None, compile: bool = False, json_: bool = False) -> None:
     """Time pretraining steps (both networks, AdamW) on synthetic full-length batches.
 
     Reports tokens/s, model FLOPs per token (matmuls of both networks, attention, the generator's
@@ -435,14 +439,16 @@ def bench_pretrain(*, model: str = "small", batch_size: int = 16, seq_len: int =
         rounds: rounds of timed steps (the median is reported)
         precision: fp32, or bf16/fp16 on a GPU
         compare: hf: also time the Hugging Face reference
+        compile: torch.compile each transformer layer of ours (the reference stays eager, as users run it)
         json_: end with one JSON object of the results
     """
-    _bench("pretrain", model, batch_size, seq_len, steps, warmup, rounds, precision, compare, json_)
+    _bench("pretrain", model, batch_size, seq_len, steps, warmup, rounds, precision, compare, json_,
+           compile_=compile)
 
 
 def bench_finetune(*, model: str = "small", batch_size: int = 32, seq_len: int = 128, steps: int = 5,
                    warmup: int = 2, rounds: int = 3, precision: Literal["fp32", "bf16", "fp16"] = "fp32",
-                   compare: Literal["hf"] | None = None, json_: bool = False) -> None:
+                   compare: Literal["hf"] | None = None, compile: bool = False, json_: bool = False) -> None:
     """Time fine-tuning steps of a sequence classifier on synthetic full-length batches.
 
     Args:
@@ -454,9 +460,11 @@ def bench_finetune(*, model: str = "small", batch_size: int = 32, seq_len: int =
         rounds: rounds of timed steps (the median is reported)
         precision: fp32, or bf16/fp16 on a GPU
         compare: hf: also time transformers' ElectraForSequenceClassification
+        compile: torch.compile each transformer layer of ours (the reference stays eager, as users run it)
         json_: end with one JSON object of the results
     """
-    _bench("finetune", model, batch_size, seq_len, steps, warmup, rounds, precision, compare, json_)
+    _bench("finetune", model, batch_size, seq_len, steps, warmup, rounds, precision, compare, json_,
+           compile_=compile)
 
 
 def bench_infer(*, model: str = "small", data: Path | None = None, batch_size: int = 32, seq_len: int = 128,

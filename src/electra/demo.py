@@ -65,7 +65,13 @@ def run_demo(out: Path, steps: int, batch_size: int, lr: float, progress: bool) 
     m = prepare(corpus, out / "tokenizer", out / "data", 128, val_every=20, progress=progress)
     print(f"      {m['train']['examples']:,} train / {m['validation']['examples']:,} held-out examples")
     print(f"[3/5] pretraining a tiny ELECTRA for {steps} steps of {batch_size} examples (a few minutes on 2 cores)")
-    run = pretrain(out / "data", "tiny", out / "run", progress=progress, max_steps=steps, batch_size=batch_size,
+    # A generator this small, trained this briefly, proposes near-unigram words; sampling it at
+    # temperature 2 (the paper: 1) gives the discriminator clearer replacements to learn from early
+    # on (benchmarks/tiny_hot_sampling.yaml, BENCHMARKS.md "Pretraining quality").
+    recipe = out / "tiny.yaml"
+    recipe.write_text("model: tiny\nobjective:\n  temperature: 2.0\n")
+    print("      generator sampled at temperature 2 (the paper's 1 needs a longer run to learn as much)")
+    run = pretrain(out / "data", str(recipe), out / "run", progress=progress, max_steps=steps, batch_size=batch_size,
                    lr=lr, save_every=steps, eval_every=max(1, steps // 10), log_every=max(1, steps // 50),
                    keep_last=1)
     print("[4/5] exporting in Hugging Face format")

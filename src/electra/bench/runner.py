@@ -83,6 +83,22 @@ def interleaved(runs: dict[str, Callable[[], None]], warmup: int, steps: int, ro
     return out
 
 
+def step_memory(runs: dict[str, Callable[[], None]], device: torch.device) -> dict[str, float]:
+    """GPU memory one step adds on top of what is already allocated (activations, gradients, workspace;
+    weights and optimizer state are the same for both sides and excluded), in MiB. CUDA only."""
+    if device.type != "cuda":
+        return {}
+    out = {}
+    for name, fn in runs.items():
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        out[name] = round((torch.cuda.max_memory_allocated(device) - before) / 2**20, 1)
+    return out
+
+
 def _autocast(precision: str, device: torch.device):
     import contextlib
     if precision == "fp32":
@@ -90,8 +106,14 @@ def _autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype_of(precision))
 
 
+def compiled(layers) -> None:
+    """torch.compile per transformer layer: the layers are identical, so one compilation serves all."""
+    for layer in layers:
+        layer.compile()
+
+
 def pretrain_steps(size: str, batch_size: int, seq_len: int, precision: str, device: torch.device,
-                   compare_hf: bool) -> tuple[dict[str, Callable[[], None]], float]:
+                   compare_hf: bool, compile_: bool = False) -> tuple[dict[str, Callable[[], None]], float]:
     """Step functions (ours, and the reference) and our model FLOPs per token."""
     from electra.model.electra import ElectraForPretraining
     from electra.train.optim import adamw
@@ -100,6 +122,8 @@ def pretrain_steps(size: str, batch_size: int, seq_len: int, precision: str, dev
     batch = synthetic_batch(batch_size, seq_len, cfg.discriminator.vocab_size, device)
     torch.manual_seed(0)
     ours = ElectraForPretraining(cfg, SPECIAL).to(device)
+    if compile_:
+        compiled([*ours.discriminator.encoder.layers, *ours.generator.encoder.layers])
     opt = adamw(ours, 5e-4, 0.01)
     totals = ours.counts(batch[0], batch[1])
 
@@ -132,7 +156,7 @@ def pretrain_steps(size: str, batch_size: int, seq_len: int, precision: str, dev
 
 
 def run_bench(mode: str, size: str, batch_size: int, seq_len: int, steps: int, warmup: int, rounds: int,
-              precision: str, compare_hf: bool, data: Path | None = None) -> dict:
+              precision: str, compare_hf: bool, data: Path | None = None, compile_: bool = False) -> dict:
     if min(batch_size, seq_len, steps, rounds) <= 0 or warmup < 0:
         raise UserError("--batch-size, --seq-len, --steps and --rounds must be positive")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -146,16 +170,18 @@ def run_bench(mode: str, size: str, batch_size: int, seq_len: int, steps: int, w
         except ImportError:
             raise UserError("--compare hf needs `pip install transformers`") from None
     if mode == "pretrain":
-        runs, per_token = pretrain_steps(size, batch_size, seq_len, precision, device, compare_hf)
+        runs, per_token = pretrain_steps(size, batch_size, seq_len, precision, device, compare_hf, compile_)
         units, count = "tokens", batch_size * seq_len
     elif mode == "finetune":
-        runs, per_token = finetune_steps(size, batch_size, seq_len, precision, device, compare_hf)
+        runs, per_token = finetune_steps(size, batch_size, seq_len, precision, device, compare_hf, compile_)
         units, count = "tokens", batch_size * seq_len
     else:
         return infer(size, batch_size, seq_len, precision, device, compare_hf, data, rounds)
     timings = interleaved(runs, warmup, steps, rounds, device)
+    memory = step_memory(runs, device)
     peak = matmul_peak(device, precision)
     result = {"mode": mode, "model": size, "batch_size": batch_size, "seq_len": seq_len, "precision": precision,
+              "compile": compile_,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
               "flops_per_token": round(per_token), "peak_flops": round(peak)}
     for name, t in timings.items():
@@ -163,6 +189,8 @@ def run_bench(mode: str, size: str, batch_size: int, seq_len: int, steps: int, w
         key = "" if name == "electra" else "hf_"
         result[f"{key}{units}_per_s"] = round(rate, 1)
         result[f"{key}step_s_all"] = [round(x, 5) for x in t.seconds]
+        if name in memory:
+            result[f"{key}step_memory_mb"] = memory[name]
         if name == "electra":
             result["achieved_flops"] = round(rate * per_token)
             result["mfu"] = round(rate * per_token / peak, 4)
@@ -172,7 +200,7 @@ def run_bench(mode: str, size: str, batch_size: int, seq_len: int, steps: int, w
 
 
 def finetune_steps(size: str, batch_size: int, seq_len: int, precision: str, device: torch.device,
-                   compare_hf: bool) -> tuple[dict[str, Callable[[], None]], float]:
+                   compare_hf: bool, compile_: bool = False) -> tuple[dict[str, Callable[[], None]], float]:
     from electra.finetune.model import FinetuneModel
     from electra.train.optim import adamw
 
@@ -182,6 +210,8 @@ def finetune_steps(size: str, batch_size: int, seq_len: int, precision: str, dev
     torch.manual_seed(0)
     ours = FinetuneModel(cfg, "classification", 2).to(device)
     opt = adamw(ours, 1e-4, 0.0)
+    if compile_:
+        compiled(ours.encoder.layers)
 
     def our_step():
         with _autocast(precision, device):

@@ -346,7 +346,7 @@ def _finetune(world: World, task_name: str, model_src: str, train_path: Path, de
     forward = wrap(trained, world, s.strategy, list(model.encoder.layers), device)
     n_train = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
-    where = f"{world.size} processes ({device.type}, {s.strategy})" if world.distributed else str(device)
+    where = f"{world.size} process{'es' if world.size > 1 else ''} ({device.type}, {s.strategy})" if world.distributed else str(device)
     say(f"electra: fine-tuning {source} for {task_name} on {where}: {len(train_examples):,} training and "
         f"{len(dev_examples):,} dev examples; trainable parameters {n_train:,} of {n_all:,} "
         f"({100 * n_train / n_all:.2f}%)")

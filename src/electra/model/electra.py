@@ -63,8 +63,9 @@ def prediction_counts(input_ids: torch.Tensor, attention_mask: torch.Tensor, spe
                       cfg: ObjectiveConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) maskable positions and (B,) how many of them each example predicts:
     round(mask_prob x maskable), at least 1, at most the official cap."""
-    specials = torch.tensor([special.pad, special.cls, special.sep, special.mask], device=input_ids.device)
-    maskable = attention_mask.bool() & ~torch.isin(input_ids, specials)  # (B, T)
+    maskable = attention_mask.bool()  # (B, T)
+    for token in (special.pad, special.cls, special.sep, special.mask):  # scalars: no host-device copy
+        maskable = maskable & (input_ids != token)
     n_maskable = maskable.sum(1)
     n_predict = torch.round(n_maskable.float() * cfg.mask_prob).long().clamp(min=1, max=cfg.max_predictions(input_ids.shape[1]))
     return maskable, torch.minimum(n_predict, n_maskable)

@@ -97,7 +97,8 @@ class Encoder(nn.Module):
         if self.project is not None:
             x = self.project(x)
         mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        # Without padding SDPA may take its fastest kernels; asking costs a host sync, so only on CPU
+        if attention_mask is not None and (attention_mask.device.type != "cpu" or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): keys a query may attend to
         for layer in self.layers:
             x = layer(x, mask)

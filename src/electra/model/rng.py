@@ -14,14 +14,15 @@ import torch
 _M32 = 0xFFFFFFFF
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+def _mul32(x, c: int):
     """(x * c) mod 2^32 for 0 <= x, c < 2^32 without overflowing int64 (split c into 16-bit halves)."""
     lo = x * (c & 0xFFFF)
     hi = ((x * (c >> 16)) & 0xFFFF) << 16
     return (lo + hi) & _M32
 
 
-def _mix(x: torch.Tensor) -> torch.Tensor:
+def _mix(x):
+    """The lowbias32 hash of a tensor or a Python int (the same bits either way)."""
     x = x & _M32
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
@@ -35,8 +36,7 @@ def uniform(seed: int, step: int, example_index: torch.Tensor, stream: int, n: i
 
     `stream` separates independent uses (mask positions, mask-or-keep, sampling).
     """
-    key = torch.tensor([(seed * 0x9E3779B9 + 0x632BE5AB) & _M32], device=example_index.device)
-    key = _mix(_mix(key) ^ (step & _M32))
+    key = _mix(_mix((seed * 0x9E3779B9 + 0x632BE5AB) & _M32) ^ (step & _M32))  # a Python int: no host-device copy
     ex = example_index.to(torch.int64)
     h = _mix(_mix(key ^ (ex & _M32)) ^ (ex >> 32))  # (B,)
     h = _mix(h ^ stream)[:, None]  # (B, 1)

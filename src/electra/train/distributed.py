@@ -23,6 +23,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun: in a process group, even a group of one
 
     @property
     def is_main(self) -> bool:
@@ -30,7 +31,7 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.size > 1
+        return self.launched
 
     def device(self) -> torch.device:
         if torch.cuda.is_available():
@@ -94,13 +95,14 @@ def current_rank() -> int:
 
 
 def join() -> World:
-    """Join torchrun's process group when started by it; a world of one otherwise."""
+    """Join torchrun's process group when started by it (even with one process, so that one GPU
+    runs the same DDP/NCCL path as many); a plain world of one otherwise."""
     size = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if size <= 1:
+    if size <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return World()
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if dist.is_initialized():
-        return World(rank, size, local_rank)
+        return World(rank, size, local_rank, launched=True)
     missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
     if missing:
         raise UserError(f"WORLD_SIZE is {size} but {' and '.join(missing)} not set; start the processes with "
@@ -113,7 +115,7 @@ def join() -> World:
     except Exception as e:  # noqa: BLE001 - rendezvous failures come as several exception types
         raise UserError(f"cannot join the process group ({type(e).__name__}: {e}); check the rendezvous "
                         "endpoint and that every node can reach it") from None
-    return World(rank, size, local_rank)
+    return World(rank, size, local_rank, launched=True)
 
 
 def leave(world: World) -> None:
@@ -136,8 +138,8 @@ def wrap(model: torch.nn.Module, world: World, strategy: str, blocks: list[torch
         fully_shard(model)
         return model
     from torch.nn.parallel import DistributedDataParallel
-    return DistributedDataParallel(model, device_ids=[world.local_rank] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+    # the models have no buffers, so DDP's default buffer sync has nothing to send
+    return DistributedDataParallel(model, device_ids=[world.local_rank] if device.type == "cuda" else None)
 
 
 @contextlib.contextmanager

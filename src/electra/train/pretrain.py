@@ -243,7 +243,7 @@ def _pretrain(world: World, data: Path, model_spec: str, out: Path, *, resume: b
         log.close()
         return out
     n_params = sum(p.numel() for p in model.discriminator.parameters())
-    where = f"{world.size} processes ({device.type}, {t.strategy})" if world.distributed else str(device)
+    where = f"{world.size} process{'es' if world.size > 1 else ''} ({device.type}, {t.strategy})" if world.distributed else str(device)
     say(f"electra: pretraining {res.size} (discriminator {n_params / 1e6:.1f}M parameters) on {where}, "
         f"{len(train_data):,} examples of {train_data.seq_len} tokens, batch {t.batch_size}, "
         f"steps {start}->{t.max_steps}, lr {t.lr:g}")
