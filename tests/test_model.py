@@ -28,6 +28,24 @@ def test_padded_equals_unpadded(special):
             assert (alone_gen[0] - gen[b, :n]).abs().max() <= 1e-5
 
 
+def test_mask_and_no_mask_paths_agree(special):
+    """On CPU an all-ones mask skips SDPA's mask (fast path); on GPUs the mask is always passed to
+    avoid a host sync. Both must give the plain masked result."""
+    from electra.model.encoder import Encoder
+
+    torch.manual_seed(0)
+    encoder = Encoder(tiny_config(120).discriminator).eval()
+    ids, _, types = random_batch(120, special, B=2, T=16, pad_lengths=[16, 16])
+    ones = torch.ones_like(ids)
+    with torch.no_grad():
+        fast = encoder(ids, ones, types)  # the CPU fast path: no mask tensor
+        x = encoder.project(encoder.embeddings(ids, types))  # tiny: embeddings 64 -> hidden 128
+        plain_mask = ones.bool()[:, None, None, :]
+        for layer in encoder.layers:
+            x = layer(x, plain_mask)
+    torch.testing.assert_close(fast, x, rtol=1e-5, atol=1e-5)
+
+
 def test_save_load_round_trip(tmp_path, tokenizer_dir, special):
     cfg = tiny_config(120)
     torch.manual_seed(0)
