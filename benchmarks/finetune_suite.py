@@ -7,7 +7,9 @@ random weights, on real tasks, and compare the dev metrics `electra finetune` re
 English: SST-2, MRPC, STS-B, CoNLL-2003 (train -> dev), the SQuAD-format split; Chinese:
 ChnSentiCorp and Weibo NER (../shared/data). --max-train caps the training examples of the large
 sets (SST-2) so the suite fits a CPU budget; the cap is recorded. Both arms share every setting
-(size, tokenizer, lr, epochs, seed). Writes OUT/results.json and prints a Markdown table.
+(size, tokenizer, lr, epochs, seed); --seeds repeats each pair of runs per seed, since one seed's
+difference on a small dev set is often within the noise. Writes OUT/results.json (finished runs
+are not repeated when the suite is run again) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -68,6 +71,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-train", type=int, default=20000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="fine-tune each arm once per seed; the table shows mean and spread")
     ap.add_argument("--only", nargs="*", help="run only these tasks (names as in the table)")
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     args = ap.parse_args()
@@ -80,8 +85,10 @@ def main() -> None:
     model_dir = resolve(args.model)
     tokenizer = args.tokenizer or str(model_dir)
     args.out.mkdir(parents=True, exist_ok=True)
-    common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", str(args.batch_size), "--seed", "0"]
+    common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", str(args.batch_size)]
     results_path = args.out / "results.json"
+    # {task: {"metric", "settings", "runs": {seed: {arm: result}}}}; finished runs are kept, so an
+    # interrupted suite or one given more seeds only runs what is missing
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for name, task, train, dev, flags, metric in TASKS[args.lang]:
         if args.only and name not in args.only:
@@ -89,24 +96,46 @@ def main() -> None:
         train_path = DATA / train
         if task in ("classification", "regression"):
             train_path = capped(train_path, args.max_train, args.out / f"{name}-train{train_path.suffix}")
-        row = {"task": task, "metric": metric, "train": str(train_path), "dev": str(DATA / dev),
-               "settings": common + flags}
-        for arm, src in (("pretrained", ["--model", str(model_dir)]),
-                         ("scratch", ["--model", args.size, "--tokenizer", tokenizer])):
-            slug = name.lower().replace(" ", "-")
-            r = finetune(src, task, train_path, DATA / dev, args.out / f"{slug}-{arm}", common + flags)
-            row[arm] = r
-            print(f"{name:>13} {arm:>10}: {metric} {r[metric]:.4f} ({r['wall_s']:.0f} s)", file=sys.stderr)
-        results[name] = row
-        results_path.write_text(json.dumps({**results, "_run": {
-            "date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch_threads()} threads",
-            "model": str(model_dir), "settings": common, "max_train": args.max_train}}, indent=2) + "\n")
-    print("| task | metric | pretrained | scratch | difference |\n|---|---|---|---|---|")
+        row = results.setdefault(name, {"task": task, "metric": metric, "settings": common + flags, "runs": {}})
+        if row["settings"] != common + flags:
+            raise SystemExit(f"{results_path} has {name} run with {' '.join(row['settings'])}; these settings "
+                             f"are {' '.join(common + flags)}: pass the same ones, or another --out")
+        for seed in args.seeds:
+            runs = row["runs"].setdefault(str(seed), {})
+            for arm, src in (("pretrained", ["--model", str(model_dir)]),
+                             ("scratch", ["--model", args.size, "--tokenizer", tokenizer])):
+                if arm in runs:
+                    continue
+                slug = f"{name.lower().replace(' ', '-')}-{arm}-seed{seed}"
+                r = finetune(src, task, train_path, DATA / dev, args.out / slug,
+                             common + flags + ["--seed", str(seed)])
+                runs[arm] = r
+                print(f"{name:>13} {arm:>10} seed {seed}: {metric} {r[metric]:.4f} ({r['wall_s']:.0f} s)",
+                      file=sys.stderr)
+                results["_run"] = {"date": date.today().isoformat(), "model": str(model_dir),
+                                   "machine": f"{platform.machine()}, {torch_threads()} threads",
+                                   "settings": common, "max_train": args.max_train}
+                results_path.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+
+
+def table(results: dict) -> str:
+    """Markdown: per task the mean (and spread over seeds) of each arm and of their difference."""
+    lines = ["| task | metric | seeds | pretrained | scratch | difference (mean, min..max) |",
+             "|---|---|---|---|---|---|"]
     for name, row in results.items():
         if name.startswith("_"):
             continue
-        p, s = row["pretrained"][row["metric"]], row["scratch"][row["metric"]]
-        print(f"| {name} | {row['metric']} | {p:.4f} | {s:.4f} | {p - s:+.4f} |")
+        done = [r for r in row["runs"].values() if {"pretrained", "scratch"} <= r.keys()]
+        if not done:
+            continue
+        pre = [r["pretrained"][row["metric"]] for r in done]
+        scr = [r["scratch"][row["metric"]] for r in done]
+        diff = [p - s for p, s in zip(pre, scr)]
+        spread = lambda xs: f"{statistics.mean(xs):.4f}" + (f" ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else "")
+        lines.append(f"| {name} | {row['metric']} | {len(done)} | {spread(pre)} | {spread(scr)} | "
+                     f"{statistics.mean(diff):+.4f} ({min(diff):+.4f}..{max(diff):+.4f}) |")
+    return "\n".join(lines)
 
 
 def torch_threads() -> int:

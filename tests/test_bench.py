@@ -27,6 +27,17 @@ def test_encoder_flops_match_a_hand_count():
     assert flops.encoder_forward(cfg, T) == 2 * 64 * 128 + 2 * per_layer
 
 
+def test_classifier_flops_count_the_cls_only_last_layer():
+    cfg = get_size("tiny").discriminator
+    T = 32
+    full_layer = 2 * (4 * 128 * 128 + 2 * 128 * 512) + 4 * T * 128
+    # last layer: keys and values for all T tokens; query, attention, output, FFN for [CLS]; the head once
+    last = T * 2 * 2 * 128 * 128 + 2 * (2 * 128 * 128 + 2 * 128 * 512) + 4 * T * 128
+    head = 2 * 128 * 128 + 2 * 128 * 2
+    per_sequence = T * (2 * 64 * 128 + full_layer) + last + head
+    assert flops.classifier_forward(cfg, T) * T == pytest.approx(per_sequence)
+
+
 @pytest.mark.parametrize("mode", ["pretrain", "finetune", "infer"])
 def test_bench_json_contract(mode, capsys):
     pytest.importorskip("transformers")

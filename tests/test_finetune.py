@@ -160,6 +160,11 @@ def test_regression_end_to_end(tmp_path, tokenizer_dir, capsys):
     assert all(isinstance(p, float) for p in preds)
     assert scores["pearson"] == pytest.approx(pearsonr(gold, preds)[0], abs=1e-5)
     assert scores["spearman"] == pytest.approx(spearmanr(gold, preds)[0], abs=1e-5)
+    # the compiled fast path (weights frozen into the graph) predicts the same numbers
+    code, _, err = cli(capsys, "predict", "--model", out, "--input", dev, "--output", tmp_path / "c.jsonl", "--compile")
+    assert code == 0, err
+    compiled = [json.loads(line)["prediction"] for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert compiled == pytest.approx(preds, abs=1e-5)
 
 
 def test_ner_end_to_end(tmp_path, tokenizer_dir, capsys):

@@ -46,6 +46,33 @@ def test_mask_and_no_mask_paths_agree(special):
     torch.testing.assert_close(fast, x, rtol=1e-5, atol=1e-5)
 
 
+def test_first_token_only_equals_full_output(special):
+    """Sequence heads read [CLS] alone, so the last layer computes only position 0: the output and
+    every gradient must equal the full encoder's, with padding in the batch."""
+    from electra.model.encoder import Encoder
+
+    torch.manual_seed(0)
+    encoder = Encoder(tiny_config(120).discriminator)
+    perturb(encoder)
+    ids, mask, types = random_batch(120, special, B=3, T=18, pad_lengths=[18, 11, 5])
+    target = torch.randn(3, encoder.config.hidden_size)
+
+    def outputs_and_grads(first_only: bool):
+        encoder.zero_grad()
+        h = encoder(ids, mask, types, first_token_only=first_only)[:, 0]  # (B, H)
+        ((h - target) ** 2).sum().backward()
+        return h.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+
+    encoder.eval()  # dropout off: both passes see the same network
+    full, full_grads = outputs_and_grads(False)
+    first, first_grads = outputs_and_grads(True)
+    torch.testing.assert_close(first, full, rtol=1e-5, atol=1e-5)
+    assert first_grads.keys() == full_grads.keys()
+    for name, grad in full_grads.items():
+        err = (first_grads[name] - grad).abs().max() / grad.abs().max()
+        assert err < 1e-4, f"{name}: relative gradient difference {err:.2e}"
+
+
 def test_save_load_round_trip(tmp_path, tokenizer_dir, special):
     cfg = tiny_config(120)
     torch.manual_seed(0)

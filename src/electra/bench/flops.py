@@ -29,6 +29,11 @@ def pretraining_step(cfg: ElectraConfig, seq_len: int, mask_fraction: float) -> 
 
 
 def classifier_forward(cfg: ModelConfig, seq_len: int, num_labels: int = 2) -> float:
-    """FLOPs per token of a sequence classifier's forward pass (the head runs once per sequence)."""
-    head = (2 * cfg.hidden_size * cfg.hidden_size + 2 * cfg.hidden_size * num_labels) / seq_len
-    return encoder_forward(cfg, seq_len) + head
+    """FLOPs per token of a sequence classifier's forward pass as we run it: the last layer computes
+    keys and values for every token but the rest (query, attention, output, feed-forward) for [CLS]
+    alone, and the head runs once per sequence."""
+    H, I, T = cfg.hidden_size, cfg.intermediate_size, seq_len
+    last_layer_full = 2 * (4 * H * H + 2 * H * I) + 4 * T * H
+    last_layer_cls = 2 * 2 * H * H + (2 * (2 * H * H + 2 * H * I) + 4 * T * H) / T
+    head = (2 * H * H + 2 * H * num_labels) / T
+    return encoder_forward(cfg, T) - last_layer_full + last_layer_cls + head

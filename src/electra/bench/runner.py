@@ -176,7 +176,7 @@ def run_bench(mode: str, size: str, batch_size: int, seq_len: int, steps: int, w
         runs, per_token = finetune_steps(size, batch_size, seq_len, precision, device, compare_hf, compile_)
         units, count = "tokens", batch_size * seq_len
     else:
-        return infer(size, batch_size, seq_len, precision, device, compare_hf, data, rounds)
+        return infer(size, batch_size, seq_len, precision, device, compare_hf, data, rounds, compile_)
     timings = interleaved(runs, warmup, steps, rounds, device)
     memory = step_memory(runs, device)
     peak = matmul_peak(device, precision)
@@ -261,11 +261,12 @@ def _sentences(data: Path | None) -> list[str]:
 
 @torch.no_grad()
 def infer(size: str, batch_size: int, seq_len: int, precision: str, device: torch.device, compare_hf: bool,
-          data: Path | None, rounds: int) -> dict:
+          data: Path | None, rounds: int, compile_: bool = False) -> dict:
     """Classify sentences: ours in length-sorted batches, the reference in file order padded to each
     batch's longest; outputs compared."""
     from electra.data.tokenizer import train_tokenizer
     from electra.finetune.model import FinetuneModel
+    from electra.finetune.run import CompiledForInference
 
     texts = _sentences(data)
     cfg = get_size(size).discriminator
@@ -274,6 +275,7 @@ def infer(size: str, batch_size: int, seq_len: int, precision: str, device: torc
     torch.manual_seed(0)
     ours = FinetuneModel(cfg, "classification", 2).to(device).eval()
     ref = _hf_classifier(ours).to(device) if compare_hf else None
+    run_model = CompiledForInference(ours) if compile_ else ours
 
     def batches(order):
         for i in range(0, len(order), batch_size):
@@ -294,7 +296,7 @@ def infer(size: str, batch_size: int, seq_len: int, precision: str, device: torc
         logits = torch.empty(len(encoded), 2, device=device)
         with _autocast(precision, device):
             for idx, ids, mask in batches(sorted_order):
-                logits[idx] = ours(ids, mask).float()
+                logits[idx] = run_model(ids, mask).float()
         outputs["electra"] = logits
 
     def run_ref():
@@ -311,7 +313,7 @@ def infer(size: str, batch_size: int, seq_len: int, precision: str, device: torc
     per_seq_flops = sum(flops.classifier_forward(cfg, len(e)) * len(e) for e in encoded) / len(encoded)
     rate = len(encoded) / timings["electra"].median
     result = {"mode": "infer", "model": size, "batch_size": batch_size, "sentences": len(encoded),
-              "tokens": n_tokens, "precision": precision, "sequences_per_s": round(rate, 1),
+              "tokens": n_tokens, "precision": precision, "compile": compile_, "sequences_per_s": round(rate, 1),
               "flops_per_token": round(per_seq_flops * len(encoded) / n_tokens), "peak_flops": round(peak),
               "achieved_flops": round(rate * per_seq_flops), "mfu": round(rate * per_seq_flops / peak, 4)}
     if compare_hf:

@@ -72,7 +72,9 @@ class FinetuneModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.encoder(input_ids, attention_mask, token_type_ids))
+        # the sequence head reads [CLS] alone, so the last layer need not compute the other positions
+        first_only = self.task in ("classification", "regression")
+        return self.head(self.encoder(input_ids, attention_mask, token_type_ids, first_token_only=first_only))
 
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")

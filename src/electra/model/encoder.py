@@ -53,12 +53,16 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.p_drop = cfg.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, n_query: int | None = None) -> torch.Tensor:
+        """x: (B, T, C) -> (B, Q, C), Q = T, or n_query when only the first positions' outputs are wanted
+        (keys and values still come from every position)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # 3x (B, h, T, d)
+        if n_query is not None:
+            q = q[:, :, :n_query]  # (B, h, Q, d)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.p_drop if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(B, T, C))
+        return self.out(y.transpose(1, 2).reshape(B, q.shape[2], C))
 
 
 class Layer(nn.Module):
@@ -74,8 +78,10 @@ class Layer(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
         self.act = activation(cfg.hidden_act)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.attn_norm(x + self.dropout(self.attn(x, mask)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, n_query: int | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C), or (B, n_query, C): the first positions only."""
+        residual = x if n_query is None else x[:, :n_query]
+        x = self.attn_norm(residual + self.dropout(self.attn(x, mask, n_query)))
         return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
 
 
@@ -91,18 +97,30 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids, attention_mask (1 = token, 0 = padding), token_type_ids: (B, T) -> (B, T, H)."""
+                token_type_ids: torch.Tensor | None = None, first_token_only: bool = False) -> torch.Tensor:
+        """input_ids, attention_mask (1 = token, 0 = padding), token_type_ids: (B, T) -> (B, T, H).
+
+        first_token_only: a head that reads only [CLS] needs only its output from the last layer, so
+        that layer skips the other positions' queries, attention output and feed-forward: (B, 1, H),
+        about 1/L less work (the same numbers and gradients as the full output's first position)."""
         x = self.embeddings(input_ids, token_type_ids)
         if self.project is not None:
             x = self.project(x)
         mask = None
-        # Without padding SDPA may take its fastest kernels; asking costs a host sync, so only on CPU
-        if attention_mask is not None and (attention_mask.device.type != "cpu" or not bool(attention_mask.all())):
+        if attention_mask is not None and _mask_needed(attention_mask):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): keys a query may attend to
-        for layer in self.layers:
-            x = layer(x, mask)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, 1 if first_token_only and i == last else None)
         return x
+
+
+def _mask_needed(attention_mask: torch.Tensor) -> bool:
+    """Without padding SDPA may take its fastest kernels, but asking whether there is any costs a host
+    sync on GPUs and a graph break under torch.compile: ask only in eager CPU runs."""
+    if attention_mask.device.type != "cpu" or torch.compiler.is_compiling():
+        return True
+    return not bool(attention_mask.all())
 
 
 def init_weights(module: nn.Module, std: float) -> None:
