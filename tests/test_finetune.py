@@ -97,6 +97,26 @@ def test_layer_decay_rates_are_exact(tokenizer):
     assert lrs[id(model.head.out_proj.weight)] == pytest.approx(1e-4)
 
 
+def test_length_buckets_keep_a_random_order_with_little_padding():
+    import numpy as np
+
+    from electra.finetune.run import epoch_order
+
+    lengths = np.random.default_rng(0).integers(3, 120, size=1000)
+    plain = epoch_order(lengths, 32, seed=1, epoch=0, buckets=False)
+    bucketed = epoch_order(lengths, 32, seed=1, epoch=0, buckets=True, window_batches=8)
+    assert sorted(bucketed.tolist()) == list(range(1000))  # every example once
+    # a function of (seed, epoch) alone, so resuming sees the same batches; another epoch differs
+    np.testing.assert_array_equal(bucketed, epoch_order(lengths, 32, 1, 0, True, window_batches=8))
+    assert not np.array_equal(bucketed, epoch_order(lengths, 32, 1, 1, True, window_batches=8))
+
+    batches = lambda order: np.split(order, range(32, len(order), 32))
+    padded = lambda order: sum(len(b) * lengths[b].max() for b in batches(order))
+    assert padded(bucketed) < 0.6 * padded(plain)
+    maxima = [lengths[b].max() for b in batches(bucketed)[:-1]]
+    assert maxima != sorted(maxima)  # the batches themselves come in random order
+
+
 @pytest.mark.parametrize("tags,bio", [
     (["B-PER", "I-PER", "O", "B-LOC"], ["B-PER", "I-PER", "O", "B-LOC"]),  # BIO
     (["I-PER", "I-PER", "B-PER", "O", "I-LOC"], ["B-PER", "I-PER", "B-PER", "O", "B-LOC"]),  # IOB1

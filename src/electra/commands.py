@@ -255,7 +255,8 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, text_
              freeze_layers: int = 0, head_only: bool = False, lora: bool = False, lora_rank: int = 8,
              doc_stride: int = 128, max_answer_len: int = 30, metric: str | None = None,
              tokenizer: Path | None = None, precision: Literal["fp32", "bf16", "fp16"] = "fp32",
-             strategy: Literal["ddp", "fsdp"] = "ddp", overwrite: bool = False) -> None:
+             strategy: Literal["ddp", "fsdp"] = "ddp", length_buckets: bool = True,
+             overwrite: bool = False) -> None:
     """Fine-tune a pretrained discriminator (or a random baseline) on a labelled task.
 
     Tasks: classification and regression of a text or a text pair (TSV, CSV or JSONL; GLUE and CLUE
@@ -296,6 +297,8 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, text_
         tokenizer: tokenizer directory (required with a size name; default: the model's)
         precision: fp32, or bf16/fp16 mixed precision on hardware that has it
         strategy: under torchrun, ddp replicates the model, fsdp shards it (PyTorch's fully_shard)
+        length_buckets: batch examples of similar length (each window of 8 shuffled batches sorted by
+            length; the batches shuffled) so less compute goes to padding; --no-length-buckets: plain random batches
         overwrite: replace a fine-tuned model already in OUT
     """
     from electra.finetune.run import FinetuneSettings
@@ -305,7 +308,7 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, text_
                                 weight_decay=weight_decay, max_seq_len=max_seq_len, seed=seed, dropout=dropout,
                                 freeze_layers=freeze_layers, head_only=head_only, lora=lora, lora_rank=lora_rank,
                                 doc_stride=doc_stride, max_answer_len=max_answer_len, precision=precision,
-                                strategy=strategy)
+                                strategy=strategy, length_buckets=length_buckets)
     columns = {"text_columns": text_columns, "label_column": label_column, "no_header": no_header}
     summary = run_finetune(task, model, train, dev, out, settings, columns, tokenizer=tokenizer,
                            overwrite=overwrite, progress=sys.stderr.isatty(), metric=metric)

@@ -73,6 +73,7 @@ class FinetuneSettings:
     max_answer_len: int = 30
     precision: str = "fp32"
     strategy: str = "ddp"
+    length_buckets: bool = True
 
     def check(self) -> None:
         problems = []
@@ -235,6 +236,27 @@ def predict_examples(ft: Finetuned, examples, device: torch.device, batch_size: 
     return ft.task.decode(examples, features, outputs)
 
 
+def epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, buckets: bool,
+                window_batches: int = 8) -> np.ndarray:
+    """The order of the training examples in one epoch, a function of (seed, epoch) alone so a
+    resumed run sees the same batches: a random permutation; with length buckets, each window of
+    `window_batches` batches of it is sorted by length and cut into batches, and the full batches are
+    shuffled, so a batch pads to similar lengths (less wasted compute) while the data order stays
+    random. A last, partial batch stays last (distributed runs drop it). Windows of 8 batches keep
+    SST-2's dev accuracy of random batches over three seeds; windows of 64 (3.7% padding instead of
+    22%) cost about half a point: batches of nearly equal length are less varied."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if not buckets:
+        return order
+    window = window_batches * batch_size
+    order = np.concatenate([chunk[np.argsort(lengths[chunk], kind="stable")]
+                            for chunk in np.split(order, range(window, len(order), window))])
+    n_full = len(order) // batch_size
+    batches = order[:n_full * batch_size].reshape(n_full, batch_size)[rng.permutation(n_full)]
+    return np.concatenate([batches.reshape(-1), order[n_full * batch_size:]])
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -379,12 +401,13 @@ def _finetune(world: World, task_name: str, model_src: str, train_path: Path, de
     per_process = s.batch_size // world.size
     max_steps = s.epochs * steps_per_epoch
     rng_cache: dict[int, np.ndarray] = {}
+    lengths = np.array([len(f.ids) for f in train_features])
 
     def micro_batches(step: int):
         epoch = step // steps_per_epoch
         if epoch not in rng_cache:
             rng_cache.clear()
-            rng_cache[epoch] = np.random.default_rng([s.seed, epoch]).permutation(len(train_features))
+            rng_cache[epoch] = epoch_order(lengths, s.batch_size, s.seed, epoch, s.length_buckets)
         i = (step % steps_per_epoch) * s.batch_size
         chunk = rng_cache[epoch][i:i + s.batch_size]
         if world.distributed:
