@@ -113,3 +113,33 @@ def test_bad_configs():
         tiny_config(120, num_attention_heads=5)
     with pytest.raises(UserError, match="hidden_dropout_prob"):
         tiny_config(120, hidden_dropout_prob=1.5)
+
+
+def test_compiled_layers_equal_eager(special):
+    """`--compile` (each layer under torch.compile, the mask always passed): the same pretraining
+    loss and gradients as eager, in training and in validation (no grad), with padding and without."""
+    from electra.model.encoder import compile_layers
+
+    cfg = tiny_config(120, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    eager = ElectraForPretraining(cfg, special)
+    perturb(eager)
+    compiled = ElectraForPretraining(cfg, special)
+    compiled.load_state_dict(eager.state_dict())
+    compile_layers(compiled.discriminator.encoder, compiled.generator.encoder)
+    for pad_lengths in ([16, 16], [16, 9]):
+        ids, mask, types = random_batch(120, special, B=2, T=16, pad_lengths=pad_lengths)
+        index = torch.arange(2)
+        losses = []
+        for model in (eager, compiled):
+            model.zero_grad()
+            out = model(ids, mask, types, index, step=0, seed=3)
+            out.loss.backward()
+            with torch.no_grad():
+                val = model(ids, mask, types, index, step=0, seed=3).loss
+            losses.append((out.loss.detach(), val, {n: p.grad for n, p in model.named_parameters()}))
+        (loss, val, grads), (c_loss, c_val, c_grads) = losses
+        torch.testing.assert_close(c_loss, loss, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(c_val, val, rtol=1e-5, atol=1e-5)
+        for name, grad in grads.items():
+            torch.testing.assert_close(c_grads[name], grad, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")

@@ -14,6 +14,7 @@ import torch
 from electra.bench import flops
 from electra.config import SpecialIds, get_size
 from electra.errors import UserError
+from electra.model.encoder import compile_layers
 
 SPECIAL = SpecialIds(pad=0, cls=2, sep=3, mask=4)
 
@@ -106,12 +107,6 @@ def _autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype_of(precision))
 
 
-def compiled(layers) -> None:
-    """torch.compile per transformer layer: the layers are identical, so one compilation serves all."""
-    for layer in layers:
-        layer.compile()
-
-
 def pretrain_steps(size: str, batch_size: int, seq_len: int, precision: str, device: torch.device,
                    compare_hf: bool, compile_: bool = False) -> tuple[dict[str, Callable[[], None]], float]:
     """Step functions (ours, and the reference) and our model FLOPs per token."""
@@ -123,7 +118,7 @@ def pretrain_steps(size: str, batch_size: int, seq_len: int, precision: str, dev
     torch.manual_seed(0)
     ours = ElectraForPretraining(cfg, SPECIAL).to(device)
     if compile_:
-        compiled([*ours.discriminator.encoder.layers, *ours.generator.encoder.layers])
+        compile_layers(ours.discriminator.encoder, ours.generator.encoder)
     opt = adamw(ours, 5e-4, 0.01)
     totals = ours.counts(batch[0], batch[1])
 
@@ -211,7 +206,7 @@ def finetune_steps(size: str, batch_size: int, seq_len: int, precision: str, dev
     ours = FinetuneModel(cfg, "classification", 2).to(device)
     opt = adamw(ours, 1e-4, 0.0)
     if compile_:
-        compiled(ours.encoder.layers)
+        compile_layers(ours.encoder)
 
     def our_step():
         with _autocast(precision, device):

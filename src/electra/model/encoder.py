@@ -95,6 +95,7 @@ class Encoder(nn.Module):
         self.project = (nn.Linear(cfg.embedding_size, cfg.hidden_size)
                         if cfg.embedding_size != cfg.hidden_size else None)
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.always_mask = False  # True once compiled: see compile_layers
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, first_token_only: bool = False) -> torch.Tensor:
@@ -107,12 +108,25 @@ class Encoder(nn.Module):
         if self.project is not None:
             x = self.project(x)
         mask = None
-        if attention_mask is not None and _mask_needed(attention_mask):
+        if attention_mask is not None and (self.always_mask or _mask_needed(attention_mask)):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): keys a query may attend to
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer(x, mask, 1 if first_token_only and i == last else None)
         return x
+
+
+def compile_layers(*encoders: "Encoder") -> None:
+    """torch.compile each transformer layer: layers of one width share their compiled graphs, so
+    compile time stays that of one layer. A compiled encoder always passes the attention mask, so
+    batches with and without padding share a graph; the two networks' widths and training vs
+    validation (grad mode) still need graphs of their own, and dynamo's limit of 8 per function
+    (beyond which it silently runs the layer eagerly) is raised to leave room for them."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+    for encoder in encoders:
+        encoder.always_mask = True
+        for layer in encoder.layers:
+            layer.compile()
 
 
 def _mask_needed(attention_mask: torch.Tensor) -> bool:

@@ -17,6 +17,7 @@ from electra.data.dataset import Batch, PretrainingData
 from electra.data.tokenizer import check_vocab, load_tokenizer, special_ids, tokenizer_hash
 from electra.errors import UserError
 from electra.model.electra import ElectraForPretraining, ObjectiveConfig
+from electra.model.encoder import compile_layers
 from electra.pretrained import load_pretraining_state, pretraining_state
 from electra.train.checkpoint import (latest_resumable, load_training_state, remove_stale_temporaries,
                                       save_checkpoint)
@@ -179,8 +180,7 @@ def _pretrain(world: World, data: Path, model_spec: str, out: Path, *, resume: b
                                ckpt)
     layers = [*model.discriminator.encoder.layers, *model.generator.encoder.layers]
     if t.compile:
-        for layer in layers:
-            layer.compile()
+        compile_layers(model.discriminator.encoder, model.generator.encoder)
     if t.strategy == "fsdp" and not world.distributed:
         say("electra: --strategy fsdp shards over processes started by torchrun; with one process the model "
             "is not sharded")
