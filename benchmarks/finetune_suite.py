@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=20000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="fine-tune each arm once per seed; the table shows mean and spread")
+    ap.add_argument("--no-length-buckets", action="store_true",
+                    help="plain random training batches (as before length buckets became the default)")
     ap.add_argument("--only", nargs="*", help="run only these tasks (names as in the table)")
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     args = ap.parse_args()
@@ -86,10 +88,17 @@ def main() -> None:
     tokenizer = args.tokenizer or str(model_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", str(args.batch_size)]
+    if args.no_length_buckets:
+        common.append("--no-length-buckets")
     results_path = args.out / "results.json"
     # {task: {"metric", "settings", "runs": {seed: {arm: result}}}}; finished runs are kept, so an
     # interrupted suite or one given more seeds only runs what is missing
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    arms = {"model": str(model_dir), "size": args.size, "tokenizer": tokenizer, "max_train": args.max_train}
+    before = {k: results.get("_run", {}).get(k, v) for k, v in arms.items()}
+    if before != arms:
+        changed = ", ".join(f"{k} {before[k]} -> {arms[k]}" for k in arms if before[k] != arms[k])
+        raise SystemExit(f"{results_path} holds runs of other arms ({changed}); pass another --out")
     for name, task, train, dev, flags, metric in TASKS[args.lang]:
         if args.only and name not in args.only:
             continue
@@ -112,9 +121,8 @@ def main() -> None:
                 runs[arm] = r
                 print(f"{name:>13} {arm:>10} seed {seed}: {metric} {r[metric]:.4f} ({r['wall_s']:.0f} s)",
                       file=sys.stderr)
-                results["_run"] = {"date": date.today().isoformat(), "model": str(model_dir),
-                                   "machine": f"{platform.machine()}, {torch_threads()} threads",
-                                   "settings": common, "max_train": args.max_train}
+                results["_run"] = {"date": date.today().isoformat(), **arms,
+                                   "machine": f"{platform.machine()}, {torch_threads()} threads"}
                 results_path.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
 

@@ -112,9 +112,12 @@ def test_length_buckets_keep_a_random_order_with_little_padding():
 
     batches = lambda order: np.split(order, range(32, len(order), 32))
     padded = lambda order: sum(len(b) * lengths[b].max() for b in batches(order))
-    assert padded(bucketed) < 0.6 * padded(plain)
+    assert padded(bucketed) < 0.7 * padded(plain)  # uniform lengths 3-119: about 0.6
     maxima = [lengths[b].max() for b in batches(bucketed)[:-1]]
     assert maxima != sorted(maxima)  # the batches themselves come in random order
+    # the partial batch that distributed runs drop is random examples, not the longest of a window
+    tails = np.concatenate([epoch_order(lengths, 32, 1, e, True, window_batches=8)[992:] for e in range(20)])
+    assert abs(lengths[tails].mean() - lengths.mean()) < 10
 
 
 @pytest.mark.parametrize("tags,bio", [

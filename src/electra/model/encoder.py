@@ -122,7 +122,9 @@ def compile_layers(*encoders: "Encoder") -> None:
     batches with and without padding share a graph; the two networks' widths and training vs
     validation (grad mode) still need graphs of their own, and dynamo's limit of 8 per function
     (beyond which it silently runs the layer eagerly) is raised to leave room for them."""
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # before torch 2.7
+    setattr(config, limit, max(getattr(config, limit), 32))
     for encoder in encoders:
         encoder.always_mask = True
         for layer in encoder.layers:
