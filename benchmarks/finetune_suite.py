@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import date
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def main() -> None:
                     help="fine-tune each arm once per seed; the table shows mean and spread")
     ap.add_argument("--no-length-buckets", action="store_true",
                     help="plain random training batches (as before length buckets became the default)")
+    ap.add_argument("--precision", help="passed to `electra finetune` (bf16 on a GPU)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="fine-tuning runs at a time (each is its own process; useful on a GPU)")
     ap.add_argument("--only", nargs="*", help="run only these tasks (names as in the table)")
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     args = ap.parse_args()
@@ -90,6 +94,8 @@ def main() -> None:
     common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", str(args.batch_size)]
     if args.no_length_buckets:
         common.append("--no-length-buckets")
+    if args.precision:
+        common += ["--precision", args.precision]
     results_path = args.out / "results.json"
     # {task: {"metric", "settings", "runs": {seed: {arm: result}}}}; finished runs are kept, so an
     # interrupted suite or one given more seeds only runs what is missing
@@ -99,6 +105,7 @@ def main() -> None:
     if before != arms:
         changed = ", ".join(f"{k} {before[k]} -> {arms[k]}" for k in arms if before[k] != arms[k])
         raise SystemExit(f"{results_path} holds runs of other arms ({changed}); pass another --out")
+    pending = []  # (task name, seed, arm, command-line source, task, train, dev, flags)
     for name, task, train, dev, flags, metric in TASKS[args.lang]:
         if args.only and name not in args.only:
             continue
@@ -113,17 +120,27 @@ def main() -> None:
             runs = row["runs"].setdefault(str(seed), {})
             for arm, src in (("pretrained", ["--model", str(model_dir)]),
                              ("scratch", ["--model", args.size, "--tokenizer", tokenizer])):
-                if arm in runs:
-                    continue
-                slug = f"{name.lower().replace(' ', '-')}-{arm}-seed{seed}"
-                r = finetune(src, task, train_path, DATA / dev, args.out / slug,
-                             common + flags + ["--seed", str(seed)])
-                runs[arm] = r
-                print(f"{name:>13} {arm:>10} seed {seed}: {metric} {r[metric]:.4f} ({r['wall_s']:.0f} s)",
-                      file=sys.stderr)
-                results["_run"] = {"date": date.today().isoformat(), **arms,
-                                   "machine": f"{platform.machine()}, {torch_threads()} threads"}
-                results_path.write_text(json.dumps(results, indent=2) + "\n")
+                if arm not in runs:
+                    pending.append((name, seed, arm, src, task, train_path, DATA / dev, common + flags))
+
+    def run(job):
+        name, seed, arm, src, task, train_path, dev_path, flags = job
+        slug = f"{name.lower().replace(' ', '-')}-{arm}-seed{seed}"
+        return finetune(src, task, train_path, dev_path, args.out / slug, flags + ["--seed", str(seed)])
+
+    # results are recorded by this thread only, as runs finish, so an interrupted suite keeps them
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {pool.submit(run, job): job for job in pending}
+        for future in as_completed(futures):
+            name, seed, arm = futures[future][:3]
+            r = future.result()
+            results[name]["runs"][str(seed)][arm] = r
+            metric = results[name]["metric"]
+            print(f"{name:>13} {arm:>10} seed {seed}: {metric} {r[metric]:.4f} ({r['wall_s']:.0f} s)",
+                  file=sys.stderr)
+            results["_run"] = {"date": date.today().isoformat(), **arms,
+                               "machine": machine()}
+            results_path.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
 
 
@@ -146,9 +163,11 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def torch_threads() -> int:
+def machine() -> str:
     import torch
-    return torch.get_num_threads()
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, {platform.machine()}"
+    return f"{platform.machine()}, {torch.get_num_threads()} threads"
 
 
 if __name__ == "__main__":

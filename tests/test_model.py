@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from electra.config import SIZES, get_size
 from electra.errors import UserError
 from electra.model.electra import ElectraForPretraining
+from electra.model.encoder import Dropout, attention_with_cpu_dropout
 from electra.pretrained import load_pretrained, pretraining_state, write_model_dir
 
 from conftest import perturb, random_batch, tiny_config
@@ -143,3 +147,44 @@ def test_compiled_layers_equal_eager(special):
         torch.testing.assert_close(c_val, val, rtol=1e-5, atol=1e-5)
         for name, grad in grads.items():
             torch.testing.assert_close(c_grads[name], grad, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_cpu_dropout_drops_and_scales_like_nn_dropout():
+    torch.manual_seed(0)
+    x = (torch.rand(64, 128, 64) + 0.5).requires_grad_()
+    drop = Dropout(0.1)
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.1) < 0.005  # drop rate p
+    scale = 65536 / (65536 - 6554)  # 1 / (1 - p), p rounded to 6554 / 65536
+    assert torch.allclose(y[kept], x[kept] * scale)
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() * scale)  # the same mask in backward
+    sizes = [Dropout(0.1)(torch.ones(5, 7)).ne(0).sum().item() for _ in range(400)]  # odd sizes: no leftover bits
+    assert abs(sum(sizes) / (400 * 35) - 0.9) < 0.01
+    assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
+
+
+def test_cpu_attention_path_equals_sdpa():
+    """Training on CPU computes attention by hand to use cpu_dropout; without dropout it is SDPA."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 10, 8, generator=g) for _ in range(3))
+    mask = torch.ones(3, 1, 1, 10, dtype=torch.bool)
+    mask[1, ..., 7:] = False  # padding
+    for m in (None, mask):
+        ours = attention_with_cpu_dropout(q, k, v, m, 0.0)
+        assert torch.allclose(ours, F.scaled_dot_product_attention(q, k, v, attn_mask=m), atol=1e-6)
+        assert torch.allclose(attention_with_cpu_dropout(q[:, :, :1], k, v, m, 0.0), ours[:, :, :1], atol=1e-6)
+
+
+def test_allocator_keeps_freed_memory_unless_the_user_chose(tmp_path):
+    import platform
+    import subprocess
+    import sys
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    code = "from electra.allocator import keep_freed_memory; print(keep_freed_memory())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True).stdout.strip()
+    assert run(env) == "True"
+    assert run({**env, "MALLOC_MMAP_MAX_": "65536"}) == "False"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 
-from electra.model.electra import ElectraForPretraining, ObjectiveConfig, mask_tokens, sample_tokens
+from electra.model.electra import (ElectraForPretraining, GeneratorLoss, ObjectiveConfig, mask_tokens,
+                                  sample_from_probs, sample_tokens)
 
 from conftest import random_batch, tiny_config
 
@@ -68,6 +71,25 @@ def test_sampling_follows_the_softmax():
     freq = torch.bincount(s.flatten(), minlength=4).float() / s.numel()
     assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.015), freq
     assert sample_tokens(logits, torch.full((1, 20000), 0.999999), 1.0).max() <= 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_generator_loss_equals_cross_entropy(dtype):
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(50, 300, generator=g) * 4).to(dtype).requires_grad_()
+    targets = torch.randint(0, 300, (50,), generator=g)
+    weights = (torch.rand(50, generator=g) > 0.3).float() / 35
+    loss, probs = GeneratorLoss.apply(logits, targets, weights)
+    assert torch.allclose(probs, torch.softmax(logits.float(), -1), rtol=1e-5, atol=1e-7)
+    u = torch.rand(50, generator=g)
+    assert torch.equal(sample_from_probs(probs, u), sample_tokens(logits.detach(), u, 1.0))
+    loss.backward()
+    fused_grad, logits.grad = logits.grad, None
+    plain = (F.cross_entropy(logits.float(), targets, reduction="none") * weights).sum()
+    plain.backward()
+    assert torch.allclose(loss, plain, rtol=1e-6)
+    assert fused_grad.dtype == dtype
+    assert torch.allclose(fused_grad.float(), logits.grad.float(), rtol=1e-5, atol=1e-7 if dtype == torch.float32 else 1e-3)
 
 
 def _run(model, ids, mask, types, idx, step=0):

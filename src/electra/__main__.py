@@ -2,11 +2,13 @@
 
 import sys
 
+from electra.allocator import keep_freed_memory
 from electra.cli import run
 from electra.commands import COMMANDS
 
 
 def main() -> None:
+    keep_freed_memory()
     sys.exit(run(COMMANDS))
 
 

@@ -96,10 +96,45 @@ def sample_tokens(logits: torch.Tensor, u: torch.Tensor, temperature: float) -> 
 
     One uniform per slot (not per vocabulary entry) keeps counter-based randomness cheap.
     """
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    cdf = torch.cumsum(probs, dim=-1)  # (B, N, V)
+    return sample_from_probs(torch.softmax(logits.float() / temperature, dim=-1), u)
+
+
+def sample_from_probs(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(..., V) probabilities, (...) uniforms -> (...) token ids."""
+    cdf = torch.cumsum(probs, dim=-1)  # (..., V)
     target = u[..., None] * cdf[..., -1:]  # scale by the total so rounding never runs off the end
-    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+class GeneratorLoss(torch.autograd.Function):
+    """Weighted sum of the cross-entropy of (M, V) logits, which also returns the softmax (M, V).
+
+    Sampling needs the softmax that the loss computes anyway, and the gradient is (softmax - one-hot)
+    x weight: written in place over the kept softmax, it costs one pass instead of log-softmax's
+    backward (a CPU step spent 4% there). The returned softmax is overwritten by backward: read it
+    (sample) before calling backward.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor):
+        x = logits.float()
+        top = x.amax(-1, keepdim=True)  # (M, 1)
+        e = (x - top).exp_()
+        total = e.sum(-1, keepdim=True)
+        nll = (top + total.log()).squeeze(-1) - x.gather(-1, targets[:, None]).squeeze(-1)  # (M,)
+        probs = e.div_(total)
+        ctx.save_for_backward(probs, targets, weights)
+        ctx.mark_non_differentiable(probs)
+        ctx.set_materialize_grads(False)  # else autograd fills an (M, V) zero gradient for probs
+        ctx.dtype = logits.dtype
+        return (nll * weights).sum(), probs
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor, _grad_probs):
+        probs, targets, weights = ctx.saved_tensors
+        scale = (weights * grad_loss)[:, None]  # (M, 1)
+        grad = probs.mul_(scale).scatter_add_(1, targets[:, None], -scale)
+        return grad.to(ctx.dtype), None, None
 
 
 @dataclass
@@ -143,12 +178,15 @@ class ElectraForPretraining(nn.Module):
         if totals is None:
             totals = torch.stack([m.valid.sum().float(), local_tokens])
         n_valid = totals[0].clamp(min=1)
-        gen_nll = F.cross_entropy(gen_logits.float().flatten(0, 1), m.targets.flatten(), reduction="none")
-        gen_loss = (gen_nll * m.valid.flatten()).sum() / n_valid
+        gen_loss, probs = GeneratorLoss.apply(gen_logits.flatten(0, 1), m.targets.flatten(),
+                                              m.valid.flatten() / n_valid)
 
         with torch.no_grad():
             u = uniform(seed, step, example_index, STREAM_SAMPLE, m.positions.shape[1])
-            sampled = sample_tokens(gen_logits.detach(), u, obj.temperature)
+            if obj.temperature == 1.0:
+                sampled = sample_from_probs(probs.view_as(gen_logits), u)
+            else:
+                sampled = sample_tokens(gen_logits.detach(), u, obj.temperature)
             corrupted = input_ids.scatter(1, m.positions, torch.where(m.valid, sampled, m.targets))
             labels = (corrupted != input_ids).float()  # a sample equal to the original is "original"
 
