@@ -27,7 +27,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench-runs/speed"))
     args = ap.parse_args()
 
+    from electra.allocator import keep_freed_memory
     from electra.bench.runner import run_bench
+
+    keep_freed_memory()  # as the `electra` command does
 
     # tokens per step stay comparable along the length axis: batch x length = first batch x 128
     points = [(max(1, args.batch_sizes[0] * 128 // t), t) for t in args.seq_lens]

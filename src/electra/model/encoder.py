@@ -29,7 +29,7 @@ def cpu_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     bernoulli_ (one 32-bit draw of the serial Mersenne Twister per element). Here one 64-bit draw gives
     four elements 16 uniform bits each, 3x cheaper; p is rounded to a multiple of 1/65536 and the kept
     values are scaled by 1 / (1 - that p), so the expectation is exact."""
-    n, cut = x.numel(), round(p * 65536)
+    n, cut = x.numel(), min(round(p * 65536), 65535)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, 2**63 - 1)  # every bit uniform
     r = bits.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
     return x * (r >= cut - 32768).to(x.dtype).mul_(65536 / (65536 - cut))
