@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from electra.config import SIZES, get_size
 from electra.errors import UserError
 from electra.model.electra import ElectraForPretraining
-from electra.model.encoder import Dropout, attention_with_cpu_dropout
+from electra.model.encoder import CpuTrainingAttention, Dropout, cpu_dropout
 from electra.pretrained import load_pretrained, pretraining_state, write_model_dir
 
 from conftest import perturb, random_batch, tiny_config
@@ -165,16 +165,45 @@ def test_cpu_dropout_drops_and_scales_like_nn_dropout():
     assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
 
 
-def test_cpu_attention_path_equals_sdpa():
-    """Training on CPU computes attention by hand to use cpu_dropout; without dropout it is SDPA."""
+def _attention_by_autograd(qkv, mask, p, n_head, n_query):
+    """The plain composition CpuTrainingAttention replaces: (B, T, 3C) -> (B, Q, C)."""
+    B, T, C3 = qkv.shape
+    q, k, v = qkv.view(B, T, 3, n_head, C3 // 3 // n_head).permute(2, 0, 3, 1, 4)
+    q = q[:, :, :n_query]
+    if p == 0:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    else:
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        y = cpu_dropout(torch.softmax(scores, -1), p) @ v
+    return y.transpose(1, 2).reshape(B, n_query, C3 // 3)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_cpu_training_attention_equals_autograd_and_sdpa(p):
+    """Training on CPU runs attention forward and backward by hand (to use cpu_dropout): the same
+    outputs and gradients as SDPA without dropout, and as autograd with the same dropout mask."""
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, 4, 10, 8, generator=g) for _ in range(3))
-    mask = torch.ones(3, 1, 1, 10, dtype=torch.bool)
+    B, T, n_head, d = 3, 10, 4, 8
+    mask = torch.ones(B, 1, 1, T, dtype=torch.bool)
     mask[1, ..., 7:] = False  # padding
     for m in (None, mask):
-        ours = attention_with_cpu_dropout(q, k, v, m, 0.0)
-        assert torch.allclose(ours, F.scaled_dot_product_attention(q, k, v, attn_mask=m), atol=1e-6)
-        assert torch.allclose(attention_with_cpu_dropout(q[:, :, :1], k, v, m, 0.0), ours[:, :, :1], atol=1e-6)
+        for n_query in (T, 1):
+            qkv = torch.randn(B, T, 3 * n_head * d, generator=g)
+            grad = torch.randn(B, n_query, n_head * d, generator=g)
+            outs = []
+            for fn in (CpuTrainingAttention.apply, _attention_by_autograd):
+                x = qkv.clone().requires_grad_()
+                torch.manual_seed(1)  # the same dropout mask for both
+                y = fn(x, m, p, n_head, n_query)
+                y.backward(grad)
+                outs.append((y, x.grad))
+            (y, dx), (y_ref, dx_ref) = outs
+            assert torch.allclose(y, y_ref, atol=1e-6)
+            assert torch.allclose(dx, dx_ref, atol=1e-6)
+            if p > 0:
+                assert not torch.allclose(y, _attention_by_autograd(qkv, m, 0.0, n_head, n_query), atol=1e-3)
 
 
 def test_allocator_keeps_freed_memory_unless_the_user_chose(tmp_path):

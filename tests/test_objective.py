@@ -73,14 +73,30 @@ def test_sampling_follows_the_softmax():
     assert sample_tokens(logits, torch.full((1, 20000), 0.999999), 1.0).max() <= 2
 
 
+@pytest.mark.parametrize("V", [4, 128, 1000, 30522])
+def test_block_sampling_equals_one_cumulative_sum(V):
+    g = torch.Generator().manual_seed(V)
+    probs = torch.softmax(torch.randn(400, V, generator=g) * 3, -1)
+    probs[:200, V // 3:] = 0.0  # whole blocks, and the short last block, without probability
+    u = torch.rand(400, generator=g)
+    u[:4] = torch.tensor([0.0, 0.5, 1 - 2**-24, 1 - 2**-24])
+    cdf = probs.cumsum(-1)
+    plain = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True).squeeze(-1).clamp(max=V - 1)
+    sampled = sample_from_probs(probs, u)
+    assert torch.equal(sampled, plain)
+    assert (probs.gather(-1, sampled[:, None]) > 0).all(), "sampled a token of probability 0"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_generator_loss_equals_cross_entropy(dtype):
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(50, 300, generator=g) * 4).to(dtype).requires_grad_()
     targets = torch.randint(0, 300, (50,), generator=g)
+    targets[:10] = logits.detach().argmax(-1)[:10]  # some the generator gets right
     weights = (torch.rand(50, generator=g) > 0.3).float() / 35
-    loss, probs = GeneratorLoss.apply(logits, targets, weights)
+    loss, probs, hit = GeneratorLoss.apply(logits, targets, weights)
     assert torch.allclose(probs, torch.softmax(logits.float(), -1), rtol=1e-5, atol=1e-7)
+    assert torch.equal(hit, logits.argmax(-1) == targets) and hit.any()
     u = torch.rand(50, generator=g)
     assert torch.equal(sample_from_probs(probs, u), sample_tokens(logits.detach(), u, 1.0))
     loss.backward()

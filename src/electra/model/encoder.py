@@ -29,10 +29,15 @@ def cpu_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     bernoulli_ (one 32-bit draw of the serial Mersenne Twister per element). Here one 64-bit draw gives
     four elements 16 uniform bits each, 3x cheaper; p is rounded to a multiple of 1/65536 and the kept
     values are scaled by 1 / (1 - that p), so the expectation is exact."""
-    n, cut = x.numel(), min(round(p * 65536), 65535)
+    return x * dropout_multiplier(x.shape, p, x.dtype)
+
+
+def dropout_multiplier(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
+    """`cpu_dropout`'s mask: 0 where dropped, 1 / (1 - p) elsewhere."""
+    n, cut = shape.numel(), min(round(p * 65536), 65535)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, 2**63 - 1)  # every bit uniform
-    r = bits.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
-    return x * (r >= cut - 32768).to(x.dtype).mul_(65536 / (65536 - cut))
+    r = bits.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
+    return (r >= cut - 32768).to(dtype).mul_(65536 / (65536 - cut))
 
 
 def use_cpu_path(x: torch.Tensor) -> bool:
@@ -49,15 +54,53 @@ class Dropout(nn.Dropout):
         return cpu_dropout(x, self.p) if use_cpu_path(x) else F.dropout(x, self.p, True)
 
 
-def attention_with_cpu_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                               p: float) -> torch.Tensor:
-    """SDPA's math, with `cpu_dropout` on the attention probabilities: with dropout, CPU SDPA leaves its
-    flash kernel for this same math path anyway, and draws the mask with bernoulli_.
-    q: (B, h, Q, d), k, v: (B, h, T, d), mask: (B, 1, 1, T) bool, True = may attend -> (B, h, Q, d)."""
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (B, h, Q, T)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return cpu_dropout(torch.softmax(scores, dim=-1), p) @ v
+class CpuTrainingAttention(torch.autograd.Function):
+    """Multi-head attention with `cpu_dropout` on its probabilities, forward and backward by hand.
+
+    With dropout, CPU SDPA leaves its flash kernel for the math path and draws the mask with
+    bernoulli_; composed from autograd ops that path copies q, k and v once each for the batched
+    matmuls and twice more on the way back (unbind's stack, then the head layout). Here the heads
+    are laid out once each way, the gradients of q, k and v are written straight into one buffer,
+    and 1/sqrt(d) rides in the matmuls' alpha.
+    qkv: (B, T, 3C) from the fused projection; mask: (B, 1, 1, T) bool, True = may attend, or None;
+    n_query: Q <= T, the first positions' outputs only -> (B, Q, C).
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, mask: torch.Tensor | None, p: float, n_head: int, n_query: int):
+        B, T, C3 = qkv.shape
+        C, Q = C3 // 3, n_query
+        d = C // n_head
+        heads = qkv.view(B, T, 3, n_head, d).permute(2, 0, 3, 1, 4).reshape(3, B * n_head, T, d)  # one copy
+        q, k, v = heads[0, :, :Q], heads[1], heads[2]  # (B*h, Q, d), (B*h, T, d) x2
+        scale = d ** -0.5
+        scores = torch.empty(B * n_head, Q, T, dtype=qkv.dtype).baddbmm_(q, k.transpose(1, 2), beta=0, alpha=scale)
+        if mask is not None:
+            scores.view(B, n_head, Q, T).masked_fill_(~mask, float("-inf"))
+        probs = torch.softmax(scores, -1)  # (B*h, Q, T)
+        keep = dropout_multiplier(probs.shape, p, probs.dtype)
+        dropped = probs * keep
+        y = torch.bmm(dropped, v)  # (B*h, Q, d)
+        ctx.save_for_backward(heads, probs, keep, dropped)
+        ctx.sizes = (B, T, Q, n_head, d, scale)
+        return y.view(B, n_head, Q, d).transpose(1, 2).reshape(B, Q, C)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        heads, probs, keep, dropped = ctx.saved_tensors
+        B, T, Q, n_head, d, scale = ctx.sizes
+        q, k, v = heads[0, :, :Q], heads[1], heads[2]
+        grad_y = grad_y.reshape(B, Q, n_head, d).transpose(1, 2).reshape(B * n_head, Q, d)
+        grad_heads = torch.empty_like(heads)  # (3, B*h, T, d)
+        torch.bmm(dropped.transpose(1, 2), grad_y, out=grad_heads[2])  # dv
+        grad_scores = torch._softmax_backward_data(torch.bmm(grad_y, v.transpose(1, 2)).mul_(keep), probs, -1,
+                                                   probs.dtype)  # (B*h, Q, T); 0 where masked
+        if Q < T:
+            grad_heads[0, :, Q:].zero_()  # queries that were not asked for
+        grad_heads[0, :, :Q].baddbmm_(grad_scores, k, beta=0, alpha=scale)  # dq
+        grad_heads[1].baddbmm_(grad_scores.transpose(1, 2), q, beta=0, alpha=scale)  # dk
+        grad_qkv = grad_heads.view(3, B, n_head, T, d).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * n_head * d)
+        return grad_qkv, None, None, None, None
 
 
 class Embeddings(nn.Module):
@@ -93,14 +136,13 @@ class SelfAttention(nn.Module):
         """x: (B, T, C) -> (B, Q, C), Q = T, or n_query when only the first positions' outputs are wanted
         (keys and values still come from every position)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # 3x (B, h, T, d)
+        qkv = self.qkv(x)  # (B, T, 3C)
+        if self.training and self.p_drop > 0 and use_cpu_path(x):
+            return self.out(CpuTrainingAttention.apply(qkv, mask, self.p_drop, self.n_head, n_query or T))
+        q, k, v = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # 3x (B, h, T, d)
         if n_query is not None:
             q = q[:, :, :n_query]  # (B, h, Q, d)
-        if self.training and self.p_drop > 0 and use_cpu_path(x):
-            y = attention_with_cpu_dropout(q, k, v, mask, self.p_drop)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                               dropout_p=self.p_drop if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p_drop if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, q.shape[2], C))
 
 
