@@ -93,12 +93,15 @@ class CpuTrainingAttention(torch.autograd.Function):
         grad_y = grad_y.reshape(B, Q, n_head, d).transpose(1, 2).reshape(B * n_head, Q, d)
         grad_heads = torch.empty_like(heads)  # (3, B*h, T, d)
         torch.bmm(dropped.transpose(1, 2), grad_y, out=grad_heads[2])  # dv
-        grad_scores = torch._softmax_backward_data(torch.bmm(grad_y, v.transpose(1, 2)).mul_(keep), probs, -1,
-                                                   probs.dtype)  # (B*h, Q, T); 0 where masked
-        if Q < T:
-            grad_heads[0, :, Q:].zero_()  # queries that were not asked for
-        grad_heads[0, :, :Q].baddbmm_(grad_scores, k, beta=0, alpha=scale)  # dq
-        grad_heads[1].baddbmm_(grad_scores.transpose(1, 2), q, beta=0, alpha=scale)  # dk
+        # the gradient of the scores, times 1/sqrt(d) (softmax's backward is linear): (B*h, Q, T), 0 where masked
+        grad_probs = torch.empty_like(probs).baddbmm_(grad_y, v.transpose(1, 2), beta=0, alpha=scale).mul_(keep)
+        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        if Q == T:
+            torch.bmm(grad_scores, k, out=grad_heads[0])  # dq
+        else:
+            grad_heads[0].zero_()  # queries that were not asked for
+            grad_heads[0, :, :Q] = torch.bmm(grad_scores, k)
+        torch.bmm(grad_scores.transpose(1, 2), q, out=grad_heads[1])  # dk
         grad_qkv = grad_heads.view(3, B, n_head, T, d).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * n_head * d)
         return grad_qkv, None, None, None, None
 
