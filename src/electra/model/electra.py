@@ -202,7 +202,7 @@ class ElectraForPretraining(nn.Module):
             totals = torch.stack([m.valid.sum().float(), local_tokens])
         n_valid = totals[0].clamp(min=1)
         gen_loss, probs, hit = GeneratorLoss.apply(gen_logits.flatten(0, 1), m.targets.flatten(),
-                                              m.valid.flatten() / n_valid)
+                                                   m.valid.flatten() / n_valid)
 
         with torch.no_grad():
             u = uniform(seed, step, example_index, STREAM_SAMPLE, m.positions.shape[1])

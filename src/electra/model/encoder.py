@@ -74,7 +74,7 @@ class CpuTrainingAttention(torch.autograd.Function):
         heads = qkv.view(B, T, 3, n_head, d).permute(2, 0, 3, 1, 4).reshape(3, B * n_head, T, d)  # one copy
         q, k, v = heads[0, :, :Q], heads[1], heads[2]  # (B*h, Q, d), (B*h, T, d) x2
         scale = d ** -0.5
-        scores = torch.empty(B * n_head, Q, T, dtype=qkv.dtype).baddbmm_(q, k.transpose(1, 2), beta=0, alpha=scale)
+        scores = qkv.new_empty(B * n_head, Q, T).baddbmm_(q, k.transpose(1, 2), beta=0, alpha=scale)
         if mask is not None:
             scores.view(B, n_head, Q, T).masked_fill_(~mask, float("-inf"))
         probs = torch.softmax(scores, -1)  # (B*h, Q, T)
