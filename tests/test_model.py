@@ -50,13 +50,19 @@ def test_mask_and_no_mask_paths_agree(special):
     torch.testing.assert_close(fast, x, rtol=1e-5, atol=1e-5)
 
 
-def test_first_token_only_equals_full_output(special):
-    """Sequence heads read [CLS] alone, so the last layer computes only position 0: the output and
-    every gradient must equal the full encoder's, with padding in the batch."""
-    from electra.model.encoder import Encoder
+@pytest.mark.parametrize("skip_padding", [True, False])
+def test_first_token_only_equals_full_output(special, skip_padding, monkeypatch):
+    """Sequence heads read [CLS] alone, so the last layer computes only position 0, and on CPUs the
+    layers skip the padding outside attention: the output and every gradient must equal the full
+    encoder's, with padding in the batch."""
+    from electra.model import encoder as encoder_module
 
+    unpadded = []
+    of = encoder_module.Unpadded.of
+    monkeypatch.setattr(encoder_module.Unpadded, "of", lambda mask: unpadded.append(1) or of(mask))
     torch.manual_seed(0)
-    encoder = Encoder(tiny_config(120).discriminator)
+    encoder = encoder_module.Encoder(tiny_config(120).discriminator)
+    encoder.skip_padding = skip_padding
     perturb(encoder)
     ids, mask, types = random_batch(120, special, B=3, T=18, pad_lengths=[18, 11, 5])
     target = torch.randn(3, encoder.config.hidden_size)
@@ -69,7 +75,9 @@ def test_first_token_only_equals_full_output(special):
 
     encoder.eval()  # dropout off: both passes see the same network
     full, full_grads = outputs_and_grads(False)
+    assert not unpadded
     first, first_grads = outputs_and_grads(True)
+    assert bool(unpadded) == skip_padding
     torch.testing.assert_close(first, full, rtol=1e-5, atol=1e-5)
     assert first_grads.keys() == full_grads.keys()
     for name, grad in full_grads.items():

@@ -7,6 +7,8 @@ and module names are shorter.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -127,6 +129,33 @@ class Embeddings(nn.Module):
         return self.dropout(self.norm(x))
 
 
+@dataclass
+class Unpadded:
+    """Where the real tokens of a padded (B, T) batch are, for layers that skip the padding (MosaicBERT's
+    unpadding): projections, LayerNorms and feed-forward run on the N real tokens; attention runs on the
+    padded layout, which CPU kernels need."""
+
+    index: torch.Tensor  # (N,) flat positions b * T + t of the real tokens, ascending
+    first: torch.Tensor  # (B,) rows of the (N, C) layout that hold each sequence's first token
+    batch: int
+    length: int
+
+    @classmethod
+    def of(cls, attention_mask: torch.Tensor) -> "Unpadded":
+        lengths = attention_mask.sum(1)  # (B,)
+        index = attention_mask.flatten().nonzero().squeeze(1)
+        return cls(index, lengths.cumsum(0) - lengths, *attention_mask.shape)
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (N, D)"""
+        return x.flatten(0, 1).index_select(0, self.index)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (B, T, D), zeros at the padding"""
+        padded = x.new_zeros(self.batch * self.length, x.shape[-1]).index_copy(0, self.index, x)
+        return padded.view(self.batch, self.length, -1)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -135,18 +164,26 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.p_drop = cfg.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, n_query: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, n_query: int | None = None,
+                unpadded: Unpadded | None = None) -> torch.Tensor:
         """x: (B, T, C) -> (B, Q, C), Q = T, or n_query when only the first positions' outputs are wanted
-        (keys and values still come from every position)."""
-        B, T, C = x.shape
-        qkv = self.qkv(x)  # (B, T, 3C)
+        (keys and values still come from every position). Unpadded: x (N, C) -> (N, C), or (B, C) for
+        n_query = 1."""
+        qkv = self.qkv(x)  # (B, T, 3C), or (N, 3C)
+        if unpadded is not None:
+            qkv = unpadded.pad(qkv)
+        B, T, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        Q = n_query or T
         if self.training and self.p_drop > 0 and use_cpu_path(x):
-            return self.out(CpuTrainingAttention.apply(qkv, mask, self.p_drop, self.n_head, n_query or T))
-        q, k, v = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # 3x (B, h, T, d)
-        if n_query is not None:
-            q = q[:, :, :n_query]  # (B, h, Q, d)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p_drop if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(B, q.shape[2], C))
+            y = CpuTrainingAttention.apply(qkv, mask, self.p_drop, self.n_head, Q)  # (B, Q, C)
+        else:
+            q, k, v = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # 3x (B, h, T, d)
+            y = F.scaled_dot_product_attention(q[:, :, :Q], k, v, attn_mask=mask,
+                                               dropout_p=self.p_drop if self.training else 0.0)
+            y = y.transpose(1, 2).reshape(B, Q, C)
+        if unpadded is not None:
+            y = unpadded.unpad(y) if Q == T else y.reshape(B, C)  # n_query = 1: [CLS] rows
+        return self.out(y)
 
 
 class Layer(nn.Module):
@@ -162,10 +199,15 @@ class Layer(nn.Module):
         self.dropout = Dropout(cfg.hidden_dropout_prob)
         self.act = activation(cfg.hidden_act)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, n_query: int | None = None) -> torch.Tensor:
-        """(B, T, C) -> (B, T, C), or (B, n_query, C): the first positions only."""
-        residual = x if n_query is None else x[:, :n_query]
-        x = self.attn_norm(residual + self.dropout(self.attn(x, mask, n_query)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, n_query: int | None = None,
+                unpadded: Unpadded | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C), or (B, n_query, C): the first positions only.
+        Unpadded: (N, C) -> (N, C), or (B, C) for n_query = 1."""
+        if n_query is None:
+            residual = x
+        else:
+            residual = x[:, :n_query] if unpadded is None else x[unpadded.first]
+        x = self.attn_norm(residual + self.dropout(self.attn(x, mask, n_query, unpadded)))
         return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
 
 
@@ -180,6 +222,7 @@ class Encoder(nn.Module):
                         if cfg.embedding_size != cfg.hidden_size else None)
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
         self.always_mask = False  # True once compiled: see compile_layers
+        self.skip_padding = True  # see forward
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, first_token_only: bool = False) -> torch.Tensor:
@@ -187,17 +230,24 @@ class Encoder(nn.Module):
 
         first_token_only: a head that reads only [CLS] needs only its output from the last layer, so
         that layer skips the other positions' queries, attention output and feed-forward: (B, 1, H),
-        about 1/L less work (the same numbers and gradients as the full output's first position)."""
+        about 1/L less work (the same numbers and gradients as the full output's first position).
+        Such a padded batch on an eager CPU also skips its padding outside attention (`Unpadded`): no
+        other output position is returned, so none is left undefined."""
         x = self.embeddings(input_ids, token_type_ids)
         if self.project is not None:
             x = self.project(x)
         mask = None
         if attention_mask is not None and (self.always_mask or _mask_needed(attention_mask)):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): keys a query may attend to
+        unpadded = None
+        if (first_token_only and mask is not None and self.skip_padding and not self.always_mask
+                and use_cpu_path(x) and bool(attention_mask[:, 0].all())):
+            unpadded = Unpadded.of(attention_mask)
+            x = unpadded.unpad(x)  # (N, H)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask, 1 if first_token_only and i == last else None)
-        return x
+            x = layer(x, mask, 1 if first_token_only and i == last else None, unpadded)
+        return x if unpadded is None else x[:, None]  # (B, 1, H)
 
 
 def compile_layers(*encoders: "Encoder") -> None:
