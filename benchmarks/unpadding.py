@@ -1,7 +1,8 @@
-"""Fine-tuning steps of a sequence classifier on real sentences in length-bucketed batches, with the
-encoder skipping the padding outside attention and without it, interleaved in one process.
+"""Fine-tuning steps of a sequence classifier (or a token tagger) on real sentences in length-bucketed
+batches, with the encoder skipping the padding outside attention and without it, interleaved in one
+process.
 
-    .venv/bin/python benchmarks/unpadding.py --tokenizer RUN_OR_EXPORT/discriminator
+    .venv/bin/python benchmarks/unpadding.py --tokenizer RUN_OR_EXPORT/discriminator [--task ner]
 
 Batches are built as `electra finetune` builds them by default (windows of 8 batches sorted by
 length); prints the padded share, each round's seconds and the speed-up.
@@ -24,6 +25,8 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=4000, help="sentences read from the top of --train")
     ap.add_argument("--tokenizer", type=Path, required=True, help="a directory with tokenizer.json")
     ap.add_argument("--model", default="small")
+    ap.add_argument("--task", default="classification", choices=["classification", "ner"],
+                    help="ner: a loss on every real token (tag 0), padding ignored")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--batches", type=int, default=40, help="timed batches per round")
     ap.add_argument("--rounds", type=int, default=4)
@@ -63,14 +66,18 @@ def main() -> None:
     cfg = get_size(args.model).discriminator
     cfg.vocab_size = tok.get_vocab_size()
     torch.manual_seed(0)
-    model = FinetuneModel(cfg, "classification", 2).train()
+    model = FinetuneModel(cfg, args.task, 2).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def seconds(skip_padding: bool) -> float:
         model.encoder.skip_padding = skip_padding
         t0 = time.perf_counter()
         for ids, mask in batches:
-            loss = F.cross_entropy(model(ids, mask).view(len(ids), -1), torch.zeros(len(ids), dtype=torch.long))
+            if args.task == "ner":  # tag 0 on every real token, padding ignored as `electra finetune` does
+                labels = torch.zeros_like(ids).masked_fill(mask == 0, -100)
+                loss = F.cross_entropy(model(ids, mask).flatten(0, 1), labels.flatten(), ignore_index=-100)
+            else:
+                loss = F.cross_entropy(model(ids, mask).view(len(ids), -1), torch.zeros(len(ids), dtype=torch.long))
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -85,6 +85,47 @@ def test_first_token_only_equals_full_output(special, skip_padding, monkeypatch)
         assert err < 1e-4, f"{name}: relative gradient difference {err:.2e}"
 
 
+def test_ner_training_skips_padding_with_the_same_loss_and_gradients(special, monkeypatch):
+    """The NER loss ignores padding, so CPU training runs the layers on real tokens only; the loss and
+    every gradient must equal the padded encoder's. Evaluation keeps the padded path (HF parity)."""
+    import torch.nn.functional as F
+
+    from electra.finetune.model import FinetuneModel
+    from electra.model import encoder as encoder_module
+
+    calls = []
+    of = encoder_module.Unpadded.of
+    monkeypatch.setattr(encoder_module.Unpadded, "of", lambda mask: calls.append(1) or of(mask))
+    cfg = tiny_config(120, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).discriminator
+    torch.manual_seed(0)
+    model = FinetuneModel(cfg, "ner", 5)
+    perturb(model)
+    ids, mask, types = random_batch(120, special, B=3, T=18, pad_lengths=[18, 11, 5])
+    labels = torch.randint(0, 5, (3, 18)).masked_fill(mask == 0, -100)
+
+    def loss_and_grads(skip_padding: bool):
+        model.zero_grad()
+        model.encoder.skip_padding = skip_padding
+        loss = F.cross_entropy(model(ids, mask, types).flatten(0, 1), labels.flatten(), ignore_index=-100)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.train()
+    padded, padded_grads = loss_and_grads(False)
+    assert not calls
+    skipped, skipped_grads = loss_and_grads(True)
+    assert calls
+    torch.testing.assert_close(skipped, padded, rtol=1e-6, atol=1e-6)
+    assert skipped_grads.keys() == padded_grads.keys()
+    for name, grad in padded_grads.items():
+        err = (skipped_grads[name] - grad).abs().max() / grad.abs().max().clamp(min=1e-12)
+        assert err < 1e-4, f"{name}: relative gradient difference {err:.2e}"
+    calls.clear()
+    model.eval()
+    model(ids, mask, types)
+    assert not calls
+
+
 def test_save_load_round_trip(tmp_path, tokenizer_dir, special):
     cfg = tiny_config(120)
     torch.manual_seed(0)

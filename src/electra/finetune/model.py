@@ -72,9 +72,12 @@ class FinetuneModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        # the sequence head reads [CLS] alone, so the last layer need not compute the other positions
+        # the sequence head reads [CLS] alone, so the last layer need not compute the other positions;
+        # the NER loss ignores padding (the QA loss does not: its softmax runs over every position)
         first_only = self.task in ("classification", "regression")
-        return self.head(self.encoder(input_ids, attention_mask, token_type_ids, first_token_only=first_only))
+        unread = self.task == "ner" and self.training
+        return self.head(self.encoder(input_ids, attention_mask, token_type_ids, first_token_only=first_only,
+                                      padding_unread=unread))
 
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")

@@ -225,14 +225,16 @@ class Encoder(nn.Module):
         self.skip_padding = True  # see forward
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, first_token_only: bool = False) -> torch.Tensor:
+                token_type_ids: torch.Tensor | None = None, first_token_only: bool = False,
+                padding_unread: bool = False) -> torch.Tensor:
         """input_ids, attention_mask (1 = token, 0 = padding), token_type_ids: (B, T) -> (B, T, H).
 
         first_token_only: a head that reads only [CLS] needs only its output from the last layer, so
         that layer skips the other positions' queries, attention output and feed-forward: (B, 1, H),
         about 1/L less work (the same numbers and gradients as the full output's first position).
-        Such a padded batch on an eager CPU also skips its padding outside attention (`Unpadded`): no
-        other output position is returned, so none is left undefined."""
+        On an eager CPU a padded batch skips its padding outside attention (`Unpadded`) when no padding
+        position's output is read: with first_token_only, or padding_unread (the caller ignores those
+        positions; they come back as zeros)."""
         x = self.embeddings(input_ids, token_type_ids)
         if self.project is not None:
             x = self.project(x)
@@ -240,14 +242,16 @@ class Encoder(nn.Module):
         if attention_mask is not None and (self.always_mask or _mask_needed(attention_mask)):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): keys a query may attend to
         unpadded = None
-        if (first_token_only and mask is not None and self.skip_padding and not self.always_mask
-                and use_cpu_path(x) and bool(attention_mask[:, 0].all())):
+        if ((first_token_only or padding_unread) and mask is not None and self.skip_padding
+                and not self.always_mask and use_cpu_path(x) and bool(attention_mask[:, 0].all())):
             unpadded = Unpadded.of(attention_mask)
             x = unpadded.unpad(x)  # (N, H)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer(x, mask, 1 if first_token_only and i == last else None, unpadded)
-        return x if unpadded is None else x[:, None]  # (B, 1, H)
+        if unpadded is None:
+            return x
+        return x[:, None] if first_token_only else unpadded.pad(x)  # (B, 1, H) or (B, T, H)
 
 
 def compile_layers(*encoders: "Encoder") -> None:
