@@ -266,3 +266,4 @@ def test_allocator_keeps_freed_memory_unless_the_user_chose(tmp_path):
     run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True).stdout.strip()
     assert run(env) == "True"
     assert run({**env, "MALLOC_MMAP_MAX_": "65536"}) == "False"
+    assert run({**env, "MALLOC_ARENA_MAX": "2"}) == "False"  # any MALLOC_* setting, as README says

@@ -21,7 +21,7 @@ def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory for reuse; True if it did. The user's own MALLOC_* settings win."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    if any(k in os.environ for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")):
+    if any(k.startswith("MALLOC_") for k in os.environ):  # the user tunes glibc: leave it to them
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
