@@ -50,18 +50,32 @@ def test_mask_and_no_mask_paths_agree(special):
     torch.testing.assert_close(fast, x, rtol=1e-5, atol=1e-5)
 
 
+@pytest.fixture
+def unpad_calls(monkeypatch) -> list:
+    """One entry per batch whose padding the encoder skipped."""
+    from electra.model import encoder as encoder_module
+
+    calls, of = [], encoder_module.Unpadded.of
+    monkeypatch.setattr(encoder_module.Unpadded, "of", lambda mask: calls.append(1) or of(mask))
+    return calls
+
+
+def assert_same_grads(grads: dict, expected: dict) -> None:
+    assert grads.keys() == expected.keys()
+    for name, grad in expected.items():
+        err = (grads[name] - grad).abs().max() / grad.abs().max().clamp(min=1e-12)
+        assert err < 1e-4, f"{name}: relative gradient difference {err:.2e}"
+
+
 @pytest.mark.parametrize("skip_padding", [True, False])
-def test_first_token_only_equals_full_output(special, skip_padding, monkeypatch):
+def test_first_token_only_equals_full_output(special, skip_padding, unpad_calls):
     """Sequence heads read [CLS] alone, so the last layer computes only position 0, and on CPUs the
     layers skip the padding outside attention: the output and every gradient must equal the full
     encoder's, with padding in the batch."""
-    from electra.model import encoder as encoder_module
+    from electra.model.encoder import Encoder
 
-    unpadded = []
-    of = encoder_module.Unpadded.of
-    monkeypatch.setattr(encoder_module.Unpadded, "of", lambda mask: unpadded.append(1) or of(mask))
     torch.manual_seed(0)
-    encoder = encoder_module.Encoder(tiny_config(120).discriminator)
+    encoder = Encoder(tiny_config(120).discriminator)
     encoder.skip_padding = skip_padding
     perturb(encoder)
     ids, mask, types = random_batch(120, special, B=3, T=18, pad_lengths=[18, 11, 5])
@@ -75,27 +89,20 @@ def test_first_token_only_equals_full_output(special, skip_padding, monkeypatch)
 
     encoder.eval()  # dropout off: both passes see the same network
     full, full_grads = outputs_and_grads(False)
-    assert not unpadded
+    assert not unpad_calls
     first, first_grads = outputs_and_grads(True)
-    assert bool(unpadded) == skip_padding
+    assert bool(unpad_calls) == skip_padding
     torch.testing.assert_close(first, full, rtol=1e-5, atol=1e-5)
-    assert first_grads.keys() == full_grads.keys()
-    for name, grad in full_grads.items():
-        err = (first_grads[name] - grad).abs().max() / grad.abs().max()
-        assert err < 1e-4, f"{name}: relative gradient difference {err:.2e}"
+    assert_same_grads(first_grads, full_grads)
 
 
-def test_ner_training_skips_padding_with_the_same_loss_and_gradients(special, monkeypatch):
+def test_ner_training_skips_padding_with_the_same_loss_and_gradients(special, unpad_calls):
     """The NER loss ignores padding, so CPU training runs the layers on real tokens only; the loss and
     every gradient must equal the padded encoder's. Evaluation keeps the padded path (HF parity)."""
     import torch.nn.functional as F
 
     from electra.finetune.model import FinetuneModel
-    from electra.model import encoder as encoder_module
 
-    calls = []
-    of = encoder_module.Unpadded.of
-    monkeypatch.setattr(encoder_module.Unpadded, "of", lambda mask: calls.append(1) or of(mask))
     cfg = tiny_config(120, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).discriminator
     torch.manual_seed(0)
     model = FinetuneModel(cfg, "ner", 5)
@@ -112,18 +119,15 @@ def test_ner_training_skips_padding_with_the_same_loss_and_gradients(special, mo
 
     model.train()
     padded, padded_grads = loss_and_grads(False)
-    assert not calls
+    assert not unpad_calls
     skipped, skipped_grads = loss_and_grads(True)
-    assert calls
+    assert unpad_calls
     torch.testing.assert_close(skipped, padded, rtol=1e-6, atol=1e-6)
-    assert skipped_grads.keys() == padded_grads.keys()
-    for name, grad in padded_grads.items():
-        err = (skipped_grads[name] - grad).abs().max() / grad.abs().max().clamp(min=1e-12)
-        assert err < 1e-4, f"{name}: relative gradient difference {err:.2e}"
-    calls.clear()
+    assert_same_grads(skipped_grads, padded_grads)
+    unpad_calls.clear()
     model.eval()
     model(ids, mask, types)
-    assert not calls
+    assert not unpad_calls
 
 
 def test_save_load_round_trip(tmp_path, tokenizer_dir, special):

@@ -27,9 +27,9 @@ def activation(name: str):
 
 
 def cpu_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Training-mode dropout for CPUs, where drawing the mask was 8% of a training step with F.dropout's
+    """Training-mode dropout for CPUs, where drawing the mask was 12% of a training step with F.dropout's
     bernoulli_ (one 32-bit draw of the serial Mersenne Twister per element). Here one 64-bit draw gives
-    four elements 16 uniform bits each, 3x cheaper; p is rounded to a multiple of 1/65536 and the kept
+    four elements 16 uniform bits each, 4.6x cheaper (BENCHMARKS.md); p is rounded to a multiple of 1/65536 and the kept
     values are scaled by 1 / (1 - that p), so the expectation is exact."""
     return x * dropout_multiplier(x.shape, p, x.dtype)
 
@@ -236,8 +236,6 @@ class Encoder(nn.Module):
         position's output is read: with first_token_only, or padding_unread (the caller ignores those
         positions; they come back as zeros)."""
         x = self.embeddings(input_ids, token_type_ids)
-        if self.project is not None:
-            x = self.project(x)
         mask = None
         if attention_mask is not None and (self.always_mask or _mask_needed(attention_mask)):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): keys a query may attend to
@@ -245,7 +243,9 @@ class Encoder(nn.Module):
         if ((first_token_only or padding_unread) and mask is not None and self.skip_padding
                 and not self.always_mask and use_cpu_path(x) and bool(attention_mask[:, 0].all())):
             unpadded = Unpadded.of(attention_mask)
-            x = unpadded.unpad(x)  # (N, H)
+            x = unpadded.unpad(x)  # (N, E)
+        if self.project is not None:
+            x = self.project(x)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer(x, mask, 1 if first_token_only and i == last else None, unpadded)
