@@ -12,6 +12,7 @@ from electra.config import SIZES, get_size
 from electra.errors import UserError
 from electra.model.electra import ElectraForPretraining
 from electra.model.encoder import CpuTrainingAttention, Dropout, cpu_dropout
+from electra.model.heads import BlockedVocabProjection
 from electra.pretrained import load_pretrained, pretraining_state, write_model_dir
 
 from conftest import perturb, random_batch, tiny_config
@@ -257,6 +258,23 @@ def test_cpu_training_attention_equals_autograd_and_sdpa(p):
             assert torch.allclose(dx, dx_ref, atol=1e-6)
             if p > 0:
                 assert not torch.allclose(y, _attention_by_autograd(qkv, m, 0.0, n_head, n_query), atol=1e-3)
+
+
+def test_blocked_vocab_projection_equals_linear():
+    """The generator's vocabulary projection in blocks of columns (CPU): F.linear's outputs and gradients,
+    a last block shorter than the others included."""
+    g = torch.Generator().manual_seed(0)
+    V, E = 2 * BlockedVocabProjection.BLOCK + 37, 16
+    h, weight, bias = (torch.randn(*shape, generator=g) for shape in ((3, 5, E), (V, E), (V,)))
+    grad = torch.randn(3, 5, V, generator=g)
+    results = []
+    for fn in (BlockedVocabProjection.apply, F.linear):
+        inputs = [t.clone().requires_grad_() for t in (h, weight, bias)]
+        out = fn(*inputs)
+        out.backward(grad)
+        results.append([out] + [t.grad for t in inputs])
+    for ours, ref in zip(*results):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_allocator_keeps_freed_memory_unless_the_user_chose(tmp_path):
