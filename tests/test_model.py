@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from electra.config import SIZES, get_size
 from electra.errors import UserError
 from electra.model.electra import ElectraForPretraining
-from electra.model.encoder import CpuTrainingAttention, Dropout, cpu_dropout
+from electra.model.encoder import CpuTrainingAttention, Dropout, cpu_dropout, random_words
 from electra.model.heads import BlockedVocabProjection
 from electra.pretrained import load_pretrained, pretraining_state, write_model_dir
 
@@ -217,6 +217,23 @@ def test_cpu_dropout_drops_and_scales_like_nn_dropout():
     sizes = [Dropout(0.1)(torch.ones(5, 7)).ne(0).sum().item() for _ in range(400)]  # odd sizes: no leftover bits
     assert abs(sum(sizes) / (400 * 35) - 0.9) < 0.01
     assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
+
+
+def test_dropout_bits_follow_torchs_seed_and_are_uniform():
+    """CPU dropout masks come from numpy's SFC64 seeded by torch's generator: torch.manual_seed (and a
+    restored torch RNG state) decides them; every bit is a fair coin."""
+    torch.manual_seed(3)
+    a = random_words(1000)
+    torch.manual_seed(3)
+    assert torch.equal(random_words(1000), a)
+    assert not torch.equal(random_words(1000), a)
+    state = torch.get_rng_state()
+    b = random_words(1000)
+    torch.set_rng_state(state)
+    assert torch.equal(random_words(1000), b)
+    words = random_words(100_000)
+    bits = (words[:, None] >> torch.arange(64)) & 1  # (n, 64)
+    assert (bits.float().mean(0) - 0.5).abs().max() < 0.01
 
 
 def _attention_by_autograd(qkv, mask, p, n_head, n_query):
