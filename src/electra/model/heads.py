@@ -46,7 +46,7 @@ class GeneratorHead(nn.Module):
 class BlockedVocabProjection(torch.autograd.Function):
     """F.linear(h, weight, bias) for a vocabulary-wide output on CPUs, the forward computed `BLOCK` output
     columns at a time: MKL runs the single (M, E) x (E, 30522) product of `small`'s generator at about
-    70 GFLOP/s on CPU-2, blocks of 512 columns (whose slice of the weight stays in cache) at 120-150
+    70 GFLOP/s on CPU-2, blocks of 512 columns (whose slice of the weight stays in cache) at 110-150
     (BENCHMARKS.md). The backward's two products are as fast whole and stay whole.
     h: (..., E), weight: (V, E), bias: (V,) -> (..., V)."""
 
