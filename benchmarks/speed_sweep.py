@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench-runs/speed"))
     args = ap.parse_args()
 
-    from electra.allocator import keep_freed_memory
+    from electra.runtime import keep_freed_memory
     from electra.bench.runner import run_bench
 
     keep_freed_memory()  # as the `electra` command does

@@ -36,9 +36,16 @@ def main() -> None:
     import torch.nn.functional as F
     from tokenizers import Tokenizer
 
-    from electra.allocator import keep_freed_memory
+    from electra.runtime import keep_freed_memory
     from electra.config import get_size
     from electra.finetune.model import FinetuneModel
+    from electra.model.cpu import CpuEncoder, use_cpu_kernels
+
+    class PaddedCpuEncoder(CpuEncoder):
+        """The same CPU kernels, the padding kept."""
+
+        def unpadding(self, *args, **kwargs):
+            return None
 
     keep_freed_memory()  # as the `electra` command does
     tok = Tokenizer.from_file(str(args.tokenizer / "tokenizer.json"))
@@ -66,11 +73,11 @@ def main() -> None:
     cfg = get_size(args.model).discriminator
     cfg.vocab_size = tok.get_vocab_size()
     torch.manual_seed(0)
-    model = FinetuneModel(cfg, args.task, 2).train()
+    model = use_cpu_kernels(FinetuneModel(cfg, args.task, 2).train())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def seconds(skip_padding: bool) -> float:
-        model.encoder.skip_padding = skip_padding
+        model.encoder.__class__ = CpuEncoder if skip_padding else PaddedCpuEncoder
         t0 = time.perf_counter()
         for ids, mask in batches:
             if args.task == "ner":  # tag 0 on every real token, padding ignored as `electra finetune` does

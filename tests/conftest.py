@@ -71,3 +71,13 @@ def random_batch(vocab_size: int, special, B: int = 3, T: int = 16, seed: int = 
         mask[b, n:] = 0
         types[b, n // 2: n] = 1
     return ids, mask, types
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run where CUDA is present and are skipped, with the reason, elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

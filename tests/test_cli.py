@@ -13,7 +13,8 @@ import torch
 from electra.cli import build_parser, run
 from electra.commands import COMMANDS
 from electra.model.electra import ElectraForPretraining
-from electra.pretrained import pretraining_state, write_model_dir
+from electra.checkpoint import write_model_dir
+from electra.pretrained import pretraining_state
 
 from conftest import tiny_config
 

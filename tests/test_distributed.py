@@ -138,7 +138,7 @@ def test_finetune_under_torchrun(strategy, tmp_path, tokenizer_dir):
                         "--batch-size", "8", "--strategy", strategy])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"2 processes (cpu, {strategy})" in proc.stderr
-    from electra.finetune.run import load_finetuned
+    from electra.finetune.load import load_finetuned
     load_finetuned(tmp_path / "m")  # whole tensors were saved, whatever the sharding
     assert len([line for line in proc.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 reports
     assert (tmp_path / "m" / "model.safetensors").is_file() and (tmp_path / "m" / "metrics.jsonl").is_file()
@@ -162,8 +162,9 @@ def test_sigterm_on_one_rank_stops_all_with_an_intact_checkpoint(prepared, tmp_p
     assert len(children) == 2, children
     os.kill(int(children[-1]), signal.SIGTERM)  # one worker only
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
+    # the signalled worker exits 143 after the checkpoint, so torchrun reports the job as not completed
+    assert proc.returncode != 0 and "stopped by signal on another process" in err, err[-3000:]
     ckpts = sorted(out.glob("step-*"))
     assert len(ckpts) == 1 and (ckpts[0] / "optimizer.pt").is_file()
-    from electra.train.checkpoint import resumable
+    from electra.checkpoint import resumable
     assert resumable(ckpts[0])

@@ -15,7 +15,7 @@ from electra.cli import run
 from electra.commands import COMMANDS
 from electra.finetune.conll import to_bio
 from electra.finetune.model import FinetuneModel, layer_decay_scales
-from electra.finetune.run import load_finetuned
+from electra.finetune.load import load_finetuned
 from electra.train.optim import adamw
 
 from conftest import WORDS, perturb, sentences, tiny_config
@@ -100,7 +100,7 @@ def test_layer_decay_rates_are_exact(tokenizer):
 def test_length_buckets_keep_a_random_order_with_little_padding():
     import numpy as np
 
-    from electra.finetune.run import epoch_order
+    from electra.finetune.train import epoch_order
 
     lengths = np.random.default_rng(0).integers(3, 120, size=1000)
     plain = epoch_order(lengths, 32, seed=1, epoch=0, buckets=False)
@@ -270,7 +270,7 @@ def test_squad_scoring_matches_reference_on_tricky_answers():
 def test_export_loads_in_transformers_with_same_outputs(task, auto, labels, tmp_path, tokenizer, tokenizer_dir,
                                                         special, capsys):
     transformers = pytest.importorskip("transformers")
-    from electra.finetune.run import _write_atomic
+    from electra.finetune.train import write_atomic
     from electra.finetune.tasks import make_task
 
     cfg = tiny_config(tokenizer.get_vocab_size()).discriminator
@@ -281,7 +281,7 @@ def test_export_loads_in_transformers_with_same_outputs(task, auto, labels, tmp_
     src.mkdir()
     meta = {"kind": "finetuned", "task": task, "model": cfg.to_dict(), "labels": labels,
             "settings": make_task(task, labels).settings, "max_seq_len": 32}
-    _write_atomic(src, model.state_dict(), meta, tokenizer)
+    write_atomic(src, model.state_dict(), meta, tokenizer)
     code, _, err = cli(capsys, "export", "--model", src, "--out", tmp_path / "hf")
     assert code == 0, err
     theirs = getattr(transformers, auto).from_pretrained(tmp_path / "hf").eval()

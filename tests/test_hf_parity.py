@@ -11,7 +11,8 @@ transformers = pytest.importorskip("transformers")
 
 from electra.data.tokenizer import TOKENIZER_FILES  # noqa: E402
 from electra.model.electra import ElectraForPretraining  # noqa: E402
-from electra.pretrained import WEIGHTS, export_hf, load_pretrained, pretraining_state, write_model_dir  # noqa: E402
+from electra.checkpoint import WEIGHTS, write_model_dir  # noqa: E402
+from electra.pretrained import export_hf, load_pretrained, pretraining_state  # noqa: E402
 
 from conftest import perturb, random_batch, tiny_config  # noqa: E402
 

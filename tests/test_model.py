@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from electra.config import SIZES, get_size
 from electra.errors import UserError
 from electra.model.electra import ElectraForPretraining
-from electra.model.encoder import CpuTrainingAttention, Dropout, cpu_dropout, random_words
-from electra.model.heads import BlockedVocabProjection
-from electra.pretrained import load_pretrained, pretraining_state, write_model_dir
+from electra.checkpoint import write_model_dir
+from electra.model.cpu import (BlockedVocabProjection, CpuDropout, CpuTrainingAttention, cpu_dropout, random_words,
+                               use_cpu_kernels)
+from electra.pretrained import load_pretrained, pretraining_state
 
 from conftest import perturb, random_batch, tiny_config
 
@@ -77,7 +78,8 @@ def test_first_token_only_equals_full_output(special, skip_padding, unpad_calls)
 
     torch.manual_seed(0)
     encoder = Encoder(tiny_config(120).discriminator)
-    encoder.skip_padding = skip_padding
+    if skip_padding:
+        use_cpu_kernels(encoder)
     perturb(encoder)
     ids, mask, types = random_batch(120, special, B=3, T=18, pad_lengths=[18, 11, 5])
     target = torch.randn(3, encoder.config.hidden_size)
@@ -111,14 +113,20 @@ def test_ner_training_skips_padding_with_the_same_loss_and_gradients(special, un
     ids, mask, types = random_batch(120, special, B=3, T=18, pad_lengths=[18, 11, 5])
     labels = torch.randint(0, 5, (3, 18)).masked_fill(mask == 0, -100)
 
+    plain = FinetuneModel(cfg, "ner", 5)
+    plain.load_state_dict(model.state_dict())
+    use_cpu_kernels(model)
+
     def loss_and_grads(skip_padding: bool):
         model.zero_grad()
-        model.encoder.skip_padding = skip_padding
-        loss = F.cross_entropy(model(ids, mask, types).flatten(0, 1), labels.flatten(), ignore_index=-100)
+        plain.zero_grad()
+        net = model if skip_padding else plain
+        loss = F.cross_entropy(net(ids, mask, types).flatten(0, 1), labels.flatten(), ignore_index=-100)
         loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 
     model.train()
+    plain.train()
     padded, padded_grads = loss_and_grads(False)
     assert not unpad_calls
     skipped, skipped_grads = loss_and_grads(True)
@@ -176,7 +184,7 @@ def test_bad_configs():
 def test_compiled_layers_equal_eager(special):
     """`--compile` (each layer under torch.compile, the mask always passed): the same pretraining
     loss and gradients as eager, in training and in validation (no grad), with padding and without."""
-    from electra.model.encoder import compile_layers
+    from electra.train.parallelize import compile_layers
 
     cfg = tiny_config(120, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
@@ -206,7 +214,7 @@ def test_compiled_layers_equal_eager(special):
 def test_cpu_dropout_drops_and_scales_like_nn_dropout():
     torch.manual_seed(0)
     x = (torch.rand(64, 128, 64) + 0.5).requires_grad_()
-    drop = Dropout(0.1)
+    drop = CpuDropout(0.1)
     y = drop(x)
     kept = y != 0
     assert abs(1 - kept.float().mean().item() - 0.1) < 0.005  # drop rate p
@@ -214,9 +222,9 @@ def test_cpu_dropout_drops_and_scales_like_nn_dropout():
     assert torch.allclose(y[kept], x[kept] * scale)
     y.sum().backward()
     assert torch.allclose(x.grad, kept.float() * scale)  # the same mask in backward
-    sizes = [Dropout(0.1)(torch.ones(5, 7)).ne(0).sum().item() for _ in range(400)]  # odd sizes: no leftover bits
+    sizes = [CpuDropout(0.1)(torch.ones(5, 7)).ne(0).sum().item() for _ in range(400)]  # odd sizes: no leftover bits
     assert abs(sum(sizes) / (400 * 35) - 0.9) < 0.01
-    assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
+    assert torch.equal(drop.eval()(x), x) and torch.equal(CpuDropout(0.0)(x), x)
 
 
 def test_dropout_bits_follow_torchs_seed_and_are_uniform():
@@ -300,7 +308,7 @@ def test_allocator_keeps_freed_memory_unless_the_user_chose(tmp_path):
     import sys
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
-    code = "from electra.allocator import keep_freed_memory; print(keep_freed_memory())"
+    code = "from electra.runtime import keep_freed_memory; print(keep_freed_memory())"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True).stdout.strip()
     assert run(env) == "True"

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from electra.model.electra import (ElectraForPretraining, GeneratorLoss, ObjectiveConfig, mask_tokens,
-                                  sample_from_probs, sample_tokens)
+from electra.config import ObjectiveConfig
+from electra.model.electra import ElectraForPretraining, GeneratorLoss, mask_tokens, sample_from_probs, sample_tokens
 
 from conftest import random_batch, tiny_config
 
@@ -74,17 +74,53 @@ def test_sampling_follows_the_softmax():
 
 
 @pytest.mark.parametrize("V", [4, 128, 1000, 30522])
-def test_block_sampling_equals_one_cumulative_sum(V):
+def test_block_sampling_matches_one_cumulative_sum(V):
+    """Two-level sampling sums in another order than one cumulative sum, so where the target u x total
+    lies within rounding of a CDF boundary the two may pick neighbouring tokens. What the maths
+    guarantees, and what is asserted: the same token wherever the target is clear of a boundary,
+    otherwise the plain pick or the nearest token of positive probability beside it, never a token of
+    probability 0; and (test below) the same distribution over many draws."""
     g = torch.Generator().manual_seed(V)
     probs = torch.softmax(torch.randn(400, V, generator=g) * 3, -1)
     probs[:200, V // 3:] = 0.0  # whole blocks, and the short last block, without probability
     u = torch.rand(400, generator=g)
     u[:4] = torch.tensor([0.0, 0.5, 1 - 2**-24, 1 - 2**-24])
-    cdf = probs.cumsum(-1)
-    plain = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True).squeeze(-1).clamp(max=V - 1)
+    cdf = probs.double().cumsum(-1)  # exact enough to say how far the target is from a boundary
+    target = u.double()[:, None] * cdf[:, -1:]
+    plain = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=V - 1)
     sampled = sample_from_probs(probs, u)
-    assert torch.equal(sampled, plain)
     assert (probs.gather(-1, sampled[:, None]) > 0).all(), "sampled a token of probability 0"
+    # fp32 sums of V entries err by at most about V ulps of the total, in either summation order: a target
+    # within that of an edge of the plain pick's interval may land in the neighbouring interval
+    slack = 4 * V * torch.finfo(torch.float32).eps * cdf[:, -1]
+    lo = torch.where(plain > 0, cdf.gather(-1, (plain - 1).clamp(min=0)[:, None]).squeeze(-1), 0.0)
+    hi = cdf.gather(-1, plain[:, None]).squeeze(-1)
+    t = target.squeeze(-1)
+    near = torch.minimum(t - lo, hi - t) <= slack
+    assert torch.equal(sampled[~near], plain[~near])
+    for row in near.nonzero().flatten().tolist():
+        positive = probs[row].nonzero().flatten()
+        i = int(torch.searchsorted(positive, plain[row]))
+        neighbours = {int(positive[j]) for j in (i - 1, i, i + 1) if 0 <= j < len(positive)}
+        assert int(sampled[row]) in neighbours | {int(plain[row])}, (row, int(sampled[row]), int(plain[row]))
+    assert (sampled == plain).float().mean() > 0.95
+
+
+def test_block_sampling_distribution():
+    """Over many draws, block sampling picks each token with its probability (a chi-square test)."""
+    from scipy.stats import chisquare
+
+    V, n = 1000, 200_000
+    g = torch.Generator().manual_seed(1)
+    p = torch.softmax(torch.randn(V, generator=g), -1)
+    p[500:600] = 0.0
+    p = p / p.sum()
+    drawn = sample_from_probs(p.expand(n, V), torch.rand(n, generator=g))
+    counts = torch.bincount(drawn, minlength=V)
+    assert counts[500:600].sum() == 0
+    keep = p > 0
+    expected = p[keep].double() / p[keep].double().sum() * n
+    assert chisquare(counts[keep].double().numpy(), expected.numpy()).pvalue > 1e-4
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -181,14 +217,26 @@ def test_randomness_does_not_depend_on_batch_layout(special):
     model = ElectraForPretraining(cfg, special).eval()
     ids, mask, types = random_batch(120, special, B=6, T=32, pad_lengths=[32, 31, 25, 20, 32, 9])
     idx = torch.arange(100, 106)
+    special_cfg = dict(seed=0, step=5, special=special, cfg=ObjectiveConfig())
+    whole_mask = mask_tokens(ids, mask, idx, **special_cfg)
+    halves_mask = [mask_tokens(ids[s], mask[s], idx[s], **special_cfg) for s in (slice(0, 3), slice(3, 6))]
+    # masking is integer hashing: exactly the same whatever the layout
+    assert torch.equal(whole_mask.input_ids, torch.cat([h.input_ids for h in halves_mask]))
     whole = _run(model, ids, mask, types, idx, step=5)
     halves = [_run(model, ids[s], mask[s], types[s], idx[s], step=5) for s in (slice(0, 3), slice(3, 6))]
-    assert torch.equal(whole.corrupted_ids, torch.cat([h.corrupted_ids for h in halves]))
     rev = torch.arange(5, -1, -1)
     reversed_ = _run(model, ids[rev], mask[rev], types[rev], idx[rev], step=5)
-    assert torch.equal(whole.corrupted_ids, reversed_.corrupted_ids[rev])
     other_step = _run(model, ids, mask, types, idx, step=6)
-    assert not torch.equal(whole.corrupted_ids, other_step.corrupted_ids)
+    # sampling uses the same uniforms; the generator's logits of another batch shape may differ in the
+    # last bits (other matmul blocking), which can move a sample across a CDF boundary now and then
+    replaced = whole.corrupted_ids != ids
+
+    def agreement(other):
+        return (other == whole.corrupted_ids)[replaced | (other != ids)].float().mean().item()
+
+    assert agreement(torch.cat([h.corrupted_ids for h in halves])) > 0.95
+    assert agreement(reversed_.corrupted_ids[rev]) > 0.95
+    assert agreement(other_step.corrupted_ids) < 0.5
 
 
 def test_counter_based_randomness_is_pinned():

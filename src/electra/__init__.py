@@ -1,8 +1,8 @@
 """ELECTRA: pretrain text encoders with replaced-token detection (Clark et al., ICLR 2020)."""
 
-from electra.config import SIZES, ElectraConfig, ModelConfig, get_size
+from electra.config import SIZES, ElectraConfig, ModelConfig, ObjectiveConfig, SpecialIds, get_size
 from electra.errors import UserError
-from electra.model.electra import ElectraForPretraining, ObjectiveConfig, SpecialIds
+from electra.model.electra import ElectraForPretraining
 from electra.model.heads import Discriminator, Generator
 from electra.pretrained import load_pretrained
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from electra.allocator import keep_freed_memory
+from electra.runtime import keep_freed_memory
 from electra.cli import run
 from electra.commands import COMMANDS
 

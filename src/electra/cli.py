@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from electra.errors import UserError
+from electra.errors import Interrupted, UserError
 
 
 def _doc(fn: Callable) -> tuple[str, str, dict[str, str]]:
@@ -47,7 +47,7 @@ def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, hint, help
     positional = p.kind is not inspect.Parameter.KEYWORD_ONLY
     flag = "--" + p.name.rstrip("_").replace("_", "-")
     if hint is bool:
-        if p.default is True:
+        if p.default is True or p.default is None:  # None: not given, so a YAML setting holds
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kw["action"] = "store_true"
@@ -76,6 +76,12 @@ def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, hint, help
         parser.add_argument(flag, dest=p.name, default=p.default, **kw)
 
 
+def computes(fn: Callable) -> Callable:
+    """Marks a command that runs a model: it gets --threads."""
+    fn.computes = True
+    return fn
+
+
 def add_command(subparsers, name: str, fn: Callable, common: argparse.ArgumentParser) -> None:
     summary, description, helps = _doc(fn)
     parser = subparsers.add_parser(name, help=summary, description=description, parents=[common],
@@ -83,6 +89,10 @@ def add_command(subparsers, name: str, fn: Callable, common: argparse.ArgumentPa
     hints = typing.get_type_hints(fn)
     for p in inspect.signature(fn).parameters.values():
         _add_param(parser, p, hints[p.name], helps.get(p.name, ""))
+    if getattr(fn, "computes", False):
+        parser.add_argument("--threads", type=int, default=None, metavar="N",
+                            help="CPU threads for PyTorch (default: the CPUs this process may use, at most the "
+                                 "cgroup quota, shared between torchrun's processes on the node; or OMP_NUM_THREADS)")
     parser.set_defaults(_fn=fn)
 
 
@@ -116,7 +126,11 @@ def run(commands: dict, argv: list[str] | None = None) -> int:
     if fn is None:
         help_parser.print_help()
         return 2
+    threads = args.pop("threads", None)
     try:
+        if getattr(fn, "computes", False):
+            from electra.runtime import set_threads, warn_if_busy
+            warn_if_busy(set_threads(threads))
         return int(fn(**args) or 0)
     except UserError as e:
         if debug:
@@ -124,6 +138,8 @@ def run(commands: dict, argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") in ("0", ""):  # under torchrun, rank 0 speaks for all
             print(f"electra: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # stopped by a signal after saving; the driver said what it kept
+        return e.exit_code
     except KeyboardInterrupt:
         print("electra: interrupted", file=sys.stderr)
         return 130

@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Literal
 
+from electra.cli import computes
+from electra.config import Precision, Strategy, Task
 from electra.errors import UserError
 
 
-def _is_cjk(piece: str) -> bool:
-    return len(piece) == 1 and ("\u3000" <= piece <= "\u9fff" or "\uf900" <= piece <= "\ufaff" or "\uff00" <= piece <= "\uffef")
-
-
-def join_pieces(pieces: list[str], raw: list[str] | None = None) -> str:
-    """Word pieces back to readable text: '##' pieces attach, CJK characters need no spaces.
-    `raw` are the unformatted pieces when `pieces` carry highlighting."""
-    raw = raw or pieces
-    out = ""
-    for i, (shown, piece) in enumerate(zip(pieces, raw)):
-        if piece.startswith("##"):
-            out += shown.replace("##", "", 1)
-        elif i and (_is_cjk(piece) or _is_cjk(raw[i - 1])):
-            out += shown
-        else:
-            out += (" " if i else "") + shown
-    return out
-
-
-def _highlight(token: str, on: bool) -> str:
-    return f"\033[1;31m{token}\033[0m" if on else f"[{token}]"
-
-
+@computes
 def detect(text: str, *, model: str, json_: bool = False, threshold: float = 0.5) -> None:
     """Show, for each word piece, the probability that the discriminator thinks it was replaced.
 
@@ -45,6 +26,8 @@ def detect(text: str, *, model: str, json_: bool = False, threshold: float = 0.5
     from electra.inference import detect_replaced
     from electra.pretrained import load_pretrained
 
+    from electra.display import print_detection
+
     tokens, probs = detect_replaced(load_pretrained(model), text)
     if json_:
         print(json.dumps({"tokens": tokens, "replaced_prob": [round(p, 6) for p in probs]}, ensure_ascii=False))
@@ -52,20 +35,7 @@ def detect(text: str, *, model: str, json_: bool = False, threshold: float = 0.5
         print_detection(tokens, probs, threshold)
 
 
-def print_detection(tokens: list[str], probs: list[float], threshold: float = 0.5, table: bool = True) -> None:
-    """The text with likely replacements highlighted (colour on a terminal, [brackets] otherwise),
-    then one row per word piece with its probability."""
-    color = sys.stdout.isatty()
-    marked = [_highlight(t, color) if p > threshold else t for t, p in zip(tokens, probs)]
-    print(join_pieces(marked, tokens))
-    if not table:
-        return
-    width = max(len(t) for t in tokens)
-    for t, p in zip(tokens, probs):
-        flag = "  <- likely replaced" if p > threshold else ""
-        print(f"  {t:<{width}}  {p:6.3f}  {'#' * round(p * 20):<20}{flag}")
-
-
+@computes
 def fill_mask(text: str, *, model: str, top_k: int = 5) -> None:
     """Show the generator's top candidates for each [MASK] in the text.
 
@@ -89,6 +59,8 @@ def fill_mask(text: str, *, model: str, top_k: int = 5) -> None:
     filled = list(tokens)
     for pred in predictions:
         filled[pred.position] = pred.candidates[0][0]
+    from electra.display import join_pieces
+
     print("best fill: " + join_pieces(filled))
 
 
@@ -104,7 +76,7 @@ def export(*, model: str, out: Path, overwrite: bool = False) -> None:
         out: the directory to write into
         overwrite: replace an earlier export in OUT
     """
-    from electra.finetune.run import export_finetuned, is_finetuned
+    from electra.finetune.load import export_finetuned, is_finetuned
     from electra.pretrained import export_hf, load_pretrained
 
     if is_finetuned(model):
@@ -178,7 +150,8 @@ def prepare(*, corpus: list[str], tokenizer: Path, out: Path, seq_len: int = 128
           f"{c['skipped_lines']} undecodable lines skipped; {m['mb_per_s']} MB/s")
 
 
-def pretrain(*, data: Path, model: str = "small", out: Path, max_steps: int | None = None,
+@computes
+def pretrain(*, data: Path, model: str | None = None, out: Path, max_steps: int | None = None,
              batch_size: int | None = None, lr: float | None = None, seed: int | None = None,
              save_every: int | None = None, resume: bool = False, dropout: float | None = None,
              time_budget: str | None = None, precision: Literal["fp32", "bf16", "fp16"] | None = None,
@@ -189,21 +162,23 @@ def pretrain(*, data: Path, model: str = "small", out: Path, max_steps: int | No
 
     AdamW (weight decay 0.01, none on LayerNorm and biases), linear warm-up then linear decay,
     clipping at 1.0. Checkpoints go to OUT/step-<8-digit step>/ (atomic; the last K kept); metrics to
-    OUT/metrics.jsonl and OUT/curves.png. SIGTERM/SIGINT save a checkpoint and stop; --resume
-    continues exactly where the newest intact checkpoint left off. Settings: defaults < the YAML
+    OUT/metrics.jsonl and OUT/curves.png. SIGTERM/SIGINT save a checkpoint and stop (exit code 143/130);
+    --resume continues exactly where the newest intact checkpoint left off. Settings: defaults < the YAML
     file given as --model < these flags. Under `torchrun --nproc-per-node N -m electra pretrain ...`
     the N processes share each global batch (DistributedDataParallel; NCCL on GPUs, gloo on CPU).
 
     Args:
         data: a directory written by `electra prepare`
-        model: a size (tiny, small, base, large) or a YAML file of model/objective/train settings
+        model: a size (tiny, small, base, large) or a YAML file of model/objective/train settings (default small;
+            with --resume, the saved run's)
         out: the run directory (checkpoints, metrics, plots)
         max_steps: optimizer steps (default 10000)
         batch_size: global batch size in examples (default 128)
         lr: peak learning rate (default: the paper's for the size; tiny 1e-3)
         seed: seed of initialisation, data order, masking and sampling (default 0)
         save_every: steps between checkpoints (default 1000)
-        resume: continue from the newest intact checkpoint in OUT
+        resume: continue the run in OUT from its newest intact checkpoint, with its saved settings (flags given
+            override them, except --batch-size, --seed, --model and --data, which would not continue the same run)
         dropout: override hidden and attention dropout of both networks
         time_budget: stop with a checkpoint after this long, e.g. 45m or 2h
         precision: fp32, or bf16/fp16 mixed precision where the hardware has it (default fp32)
@@ -216,16 +191,17 @@ def pretrain(*, data: Path, model: str = "small", out: Path, max_steps: int | No
         tokenizer: the tokenizer directory (default: the copy inside DATA)
         strategy: under torchrun, ddp replicates the model, fsdp shards it (PyTorch's fully_shard) (default ddp)
     """
-    from electra.train.optim import parse_duration
+    from electra.config import parse_duration
     from electra.train.pretrain import pretrain as run_pretrain
 
     flags = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed, save_every=save_every,
                  precision=precision, grad_accum=grad_accum, warmup_steps=warmup_steps, eval_every=eval_every,
                  log_every=log_every, keep_last=keep_last, time_budget_s=parse_duration(time_budget),
                  compile=compile or None, dropout=dropout, strategy=strategy)
-    run_pretrain(data, model, out, resume=resume, tokenizer=tokenizer, progress=sys.stderr.isatty(), **flags)
+    run_pretrain(data, model, out, resume=resume, tokenizer=tokenizer, **flags)
 
 
+@computes
 def demo(*, out: Path = Path("demo-run"), steps: int = 1500, batch_size: int = 32, lr: float = 1e-3) -> None:
     """Pretrain a tiny ELECTRA on the bundled English Wikipedia sample and show it working.
 
@@ -245,29 +221,31 @@ def demo(*, out: Path = Path("demo-run"), steps: int = 1500, batch_size: int = 3
         raise UserError("--steps and --batch-size must be positive")
     run_demo(out, steps, batch_size, lr, progress=sys.stderr.isatty())
 
-Task = Literal["classification", "regression", "ner", "qa"]
-
-
-def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, text_columns: str | None = None,
-             label_column: str | None = None, no_header: bool = False, epochs: int = 3, batch_size: int = 32,
-             lr: float = 1e-4, layer_decay: float = 0.8, warmup: float = 0.1, weight_decay: float = 0.0,
-             max_seq_len: int | None = None, seed: int = 0, dropout: float | None = None,
-             freeze_layers: int = 0, head_only: bool = False, lora: bool = False, lora_rank: int = 8,
-             doc_stride: int = 128, max_answer_len: int = 30, metric: str | None = None,
-             tokenizer: Path | None = None, precision: Literal["fp32", "bf16", "fp16"] = "fp32",
-             strategy: Literal["ddp", "fsdp"] = "ddp", length_buckets: bool = True,
-             overwrite: bool = False) -> None:
+@computes
+def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, config: Path | None = None,
+             text_columns: str | None = None, label_column: str | None = None, no_header: bool = False,
+             epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+             layer_decay: float | None = None, warmup: float | None = None, weight_decay: float | None = None,
+             max_seq_len: int | None = None, seed: int | None = None, dropout: float | None = None,
+             freeze_layers: int | None = None, head_only: bool = False, lora: bool = False,
+             lora_rank: int | None = None, doc_stride: int | None = None, max_answer_len: int | None = None,
+             metric: str | None = None, tokenizer: Path | None = None, precision: Precision | None = None,
+             strategy: Strategy | None = None, length_buckets: bool | None = None, overwrite: bool = False) -> int:
     """Fine-tune a pretrained discriminator (or a random baseline) on a labelled task.
 
     Tasks: classification and regression of a text or a text pair (TSV, CSV or JSONL; GLUE and CLUE
-    files read as they are), ner (CoNLL columns or one character per line; IOB1/BIO/BIOES/BMES tags,
-    learned and predicted as BIO), qa (SQuAD v1.1/v2.0 JSON, CMRC 2018). The paper's recipe: AdamW,
-    layer-wise learning-rate decay (top layer the full rate, each lower layer DECAY times the one
-    above, embeddings lowest), 10% warm-up then linear decay, no weight decay. The dev set is scored
-    after each epoch (OUT/metrics.jsonl) and the best model kept in OUT, with dev reports
-    (classification_report.txt and confusion_matrix.png, or ner_report.txt) and curves.png.
-    The last line of standard output is a JSON object of the best dev metrics. Runs under torchrun
-    as `electra pretrain` does.
+    files read as they are), ner (CoNLL columns or one character per line; IOB1/BIO/BIOES/BILOU/BMES
+    tags, learned and predicted as BIO), qa (SQuAD v1.1/v2.0 JSON, CMRC 2018). The paper's recipe:
+    AdamW, layer-wise learning-rate decay (top layer the full rate, each lower layer DECAY times the
+    one above, embeddings lowest), 10% warm-up then linear decay, no weight decay; the learning rate
+    by the encoder's size (small 3e-4, base 1e-4, large 5e-5, as the official code; other widths
+    3e-4 x 256 / hidden size: tiny 6e-4). The dev set is scored after each epoch (OUT/metrics.jsonl)
+    and the best model kept in OUT, with dev reports (classification_report.txt and
+    confusion_matrix.png, or ner_report.txt) and curves.png; the resolved settings are saved in
+    OUT/electra.json. Settings: defaults < the YAML file of --config < these flags. The last line of
+    standard output is a JSON object of the best dev metrics. Ctrl-C or SIGTERM stops after the
+    current step, keeps the best complete epoch (or a partial one, marked so) and exits 130/143.
+    Runs under torchrun as `electra pretrain` does.
 
     Args:
         task: classification, regression, ner or qa
@@ -275,49 +253,58 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, text_
         train: the training file
         dev: the dev file (scored every epoch; the best epoch is kept)
         out: directory for the fine-tuned model, metrics and reports
+        config: a YAML file of fine-tuning settings (the flags below without dashes, e.g. `epochs: 5`)
         text_columns: the text column, or two for pairs, by header name or 0-based index (default: guessed from the header, e.g. sentence or sentence1,sentence2)
         label_column: the label column, by name or index (default: label/score/quality..., or the last column)
         no_header: the table's first row is data (as in GLUE's CoLA)
-        epochs: passes over the training data
-        batch_size: examples per optimizer step
-        lr: peak learning rate of the top layer and the head
-        layer_decay: learning-rate factor per layer going down (1: off)
-        warmup: fraction of the steps spent warming up
-        weight_decay: AdamW weight decay
+        epochs: passes over the training data (default 3)
+        batch_size: examples per optimizer step (default 32)
+        lr: peak learning rate of the top layer and the head (default: by the model's size, see above)
+        layer_decay: learning-rate factor per layer going down; 1: off (default 0.8)
+        warmup: fraction of the steps spent warming up (default 0.1)
+        weight_decay: AdamW weight decay (default 0)
         max_seq_len: word pieces per input; longer ones are truncated and counted, QA contexts are windowed (default 128; 384 for qa)
-        seed: seed of the head's initialisation, dropout and data order
+        seed: seed of the head's initialisation, dropout and data order (default 0)
         dropout: override the encoder's dropout
         freeze_layers: freeze the embeddings and the lowest N layers
         head_only: train only the task head
         lora: train LoRA adapters (peft) and the head; merged into the weights when saved
-        lora_rank: rank of the LoRA adapters
-        doc_stride: qa: tokens between the starts of overlapping context windows
-        max_answer_len: qa: longest answer in word pieces
+        lora_rank: rank of the LoRA adapters (default 8)
+        doc_stride: qa: tokens between the starts of overlapping context windows (default 128)
+        max_answer_len: qa: longest answer in word pieces (default 30)
         metric: the dev metric that picks the best epoch (default: accuracy, pearson, or f1 for ner and qa)
         tokenizer: tokenizer directory (required with a size name; default: the model's)
-        precision: fp32, or bf16/fp16 mixed precision on hardware that has it
-        strategy: under torchrun, ddp replicates the model, fsdp shards it (PyTorch's fully_shard)
+        precision: fp32, or bf16/fp16 mixed precision on hardware that has it (default fp32)
+        strategy: under torchrun, ddp replicates the model, fsdp shards it (PyTorch's fully_shard) (default ddp)
         length_buckets: batch examples of similar length (each window of 8 shuffled batches sorted by
-            length; the batches shuffled) so less compute goes to padding; --no-length-buckets: plain random batches
+            length; the batches shuffled) so less compute goes to padding; --no-length-buckets: plain random batches (default on)
         overwrite: replace a fine-tuned model already in OUT
     """
-    from electra.finetune.run import FinetuneSettings
-    from electra.finetune.run import finetune as run_finetune
+    from electra.config import FinetuneConfig, load_yaml, merge_settings
+    from electra.errors import Interrupted
+    from electra.finetune.train import finetune as run_finetune
 
-    settings = FinetuneSettings(epochs=epochs, batch_size=batch_size, lr=lr, layer_decay=layer_decay, warmup=warmup,
-                                weight_decay=weight_decay, max_seq_len=max_seq_len, seed=seed, dropout=dropout,
-                                freeze_layers=freeze_layers, head_only=head_only, lora=lora, lora_rank=lora_rank,
-                                doc_stride=doc_stride, max_answer_len=max_answer_len, precision=precision,
-                                strategy=strategy, length_buckets=length_buckets)
+    flags = dict(epochs=epochs, batch_size=batch_size, lr=lr, layer_decay=layer_decay, warmup=warmup,
+                 weight_decay=weight_decay, max_seq_len=max_seq_len, seed=seed, dropout=dropout,
+                 freeze_layers=freeze_layers, head_only=head_only or None, lora=lora or None, lora_rank=lora_rank,
+                 doc_stride=doc_stride, max_answer_len=max_answer_len, metric=metric, precision=precision,
+                 strategy=strategy, length_buckets=length_buckets)
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    configured = load_yaml(config, known) if config is not None else {}
+    settings = merge_settings(FinetuneConfig, str(config or "the flags"), configured, flags)
     columns = {"text_columns": text_columns, "label_column": label_column, "no_header": no_header}
-    summary = run_finetune(task, model, train, dev, out, settings, columns, tokenizer=tokenizer,
-                           overwrite=overwrite, progress=sys.stderr.isatty(), metric=metric)
+    summary = run_finetune(task, model, train, dev, out, settings, columns, tokenizer=tokenizer, overwrite=overwrite)
     if summary:  # under torchrun, rank 0 reports
+        interrupted = summary.pop("interrupted", None)
         print(json.dumps(summary))
+        if interrupted:
+            raise Interrupted(interrupted)
+    return 0
 
 
 def _load_for(model: str, task: str | None):
-    from electra.finetune.run import load_finetuned, pick_device
+    from electra.finetune.load import load_finetuned
+    from electra.runtime import pick_device
 
     ft = load_finetuned(model, task)
     device = pick_device()
@@ -325,6 +312,13 @@ def _load_for(model: str, task: str | None):
     return ft, device
 
 
+def _say_truncated(truncated: int, total: int, max_len: int) -> None:
+    if truncated:
+        print(f"electra: {truncated} of {total} inputs were longer than the model's {max_len} word pieces "
+              "and were truncated", file=sys.stderr)
+
+
+@computes
 def evaluate(*, model: str, data: Path, task: Task | None = None, text_columns: str | None = None,
              label_column: str | None = None, no_header: bool = False, batch_size: int = 64,
              report_dir: Path | None = None, compile: bool = False) -> None:
@@ -349,12 +343,14 @@ def evaluate(*, model: str, data: Path, task: Task | None = None, text_columns: 
             off from a few thousand examples)
     """
     from electra.finetune.metrics import write_reports
-    from electra.finetune.run import predict_examples
+    from electra.finetune.predict import predict_examples
 
     ft, device = _load_for(model, task)
     flags = {"text_columns": text_columns, "label_column": label_column, "no_header": no_header}
     examples = ft.task.read(data, flags, training=False)
-    preds = predict_examples(ft, examples, device, batch_size, progress=sys.stderr.isatty(), compile_=compile)
+    preds, truncated = predict_examples(ft, examples, device, batch_size, progress=sys.stderr.isatty(),
+                                        compile_=compile)
+    _say_truncated(truncated, len(examples), ft.max_seq_len)
     scores = ft.task.score(examples, preds)
     for k, v in scores.items():
         print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
@@ -365,6 +361,7 @@ def evaluate(*, model: str, data: Path, task: Task | None = None, text_columns: 
     print(json.dumps(scores))
 
 
+@computes
 def predict(*, model: str, input: Path, output: Path, task: Task | None = None, text_columns: str | None = None,
             no_header: bool = False, batch_size: int = 64, n_best: int = 1, compile: bool = False) -> None:
     """Run a fine-tuned model on a file and write one JSON object per example, in input order.
@@ -385,15 +382,16 @@ def predict(*, model: str, input: Path, output: Path, task: Task | None = None, 
         compile: torch.compile the model first, weights frozen (15-40 s for small on 2 CPU cores; pays
             off from a few thousand examples)
     """
-    from electra.finetune.run import predict_examples, write_jsonl_atomic
+    from electra.finetune.predict import predict_examples, write_jsonl_atomic
 
     if n_best <= 0:
         raise UserError(f"--n-best must be positive (got {n_best})")
     ft, device = _load_for(model, task)
     flags = {"text_columns": text_columns, "no_header": no_header}
     examples = ft.task.read(input, flags, training=False, labelled=False)
-    preds = predict_examples(ft, examples, device, batch_size, n_best=n_best, progress=sys.stderr.isatty(),
-                             compile_=compile)
+    preds, truncated = predict_examples(ft, examples, device, batch_size, n_best=n_best,
+                                        progress=sys.stderr.isatty(), compile_=compile)
+    _say_truncated(truncated, len(examples), ft.max_seq_len)
     rows = []
     for ex, p in zip(examples, preds):
         if ft.task.name == "qa":
@@ -428,6 +426,7 @@ def _bench(mode: str, model: str, batch_size: int, seq_len: int, steps: int, war
         print(json.dumps(r))
 
 
+@computes
 def bench_pretrain(*, model: str = "small", batch_size: int = 16, seq_len: int = 128, steps: int = 5,
                    warmup: int = 2, rounds: int = 3, precision: Literal["fp32", "bf16", "fp16"] = "fp32",
                    compare: Literal["hf"] | None = None, compile: bool = False, json_: bool = False) -> None:
@@ -454,6 +453,7 @@ def bench_pretrain(*, model: str = "small", batch_size: int = 16, seq_len: int =
            compile_=compile)
 
 
+@computes
 def bench_finetune(*, model: str = "small", batch_size: int = 32, seq_len: int = 128, steps: int = 5,
                    warmup: int = 2, rounds: int = 3, precision: Literal["fp32", "bf16", "fp16"] = "fp32",
                    compare: Literal["hf"] | None = None, compile: bool = False, json_: bool = False) -> None:
@@ -475,6 +475,7 @@ def bench_finetune(*, model: str = "small", batch_size: int = 32, seq_len: int =
            compile_=compile)
 
 
+@computes
 def bench_infer(*, model: str = "small", data: Path | None = None, batch_size: int = 32, seq_len: int = 128,
                 rounds: int = 3, precision: Literal["fp32", "bf16", "fp16"] = "fp32",
                 compare: Literal["hf"] | None = None, compile: bool = False, json_: bool = False) -> None:

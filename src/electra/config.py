@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -77,10 +79,6 @@ class ModelConfig:
                             "(use gelu, gelu_new, gelu_pytorch_tanh or relu)")
         if problems:
             raise UserError("invalid model config: " + "; ".join(problems))
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -179,10 +177,42 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+@dataclass
+class ObjectiveConfig:
+    """Settings of the replaced-token-detection objective (defaults: the paper's)."""
+
+    mask_prob: float = 0.15
+    """Fraction of maskable tokens the generator must predict."""
+    mask_token_prob: float = 0.85
+    """Of those, the fraction replaced by [MASK]; the rest keep their token (no random replacement)."""
+    gen_weight: float = 1.0
+    """Weight of the generator's MLM loss."""
+    disc_weight: float = 50.0
+    """Weight of the discriminator's binary cross-entropy."""
+    temperature: float = 1.0
+    """Sampling temperature of the generator's softmax."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_prob < 1.0:
+            raise UserError(f"mask_prob must be in (0, 1) (got {self.mask_prob})")
+        if not 0.0 <= self.mask_token_prob <= 1.0:
+            raise UserError(f"mask_token_prob must be in [0, 1] (got {self.mask_token_prob})")
+        if self.gen_weight < 0 or self.disc_weight < 0:
+            raise UserError("gen_weight and disc_weight must be >= 0")
+        if self.temperature <= 0:
+            raise UserError(f"temperature must be > 0 (got {self.temperature})")
+
+    def max_predictions(self, seq_len: int) -> int:
+        """The official cap on masked positions per sequence."""
+        return max(1, int((self.mask_prob + 0.005) * seq_len))
+
+
 # Peak learning rates of the paper (Table 6); tiny is ours.
 DEFAULT_LR = {"tiny": 1e-3, "small": 5e-4, "base": 2e-4, "large": 2e-4}
 
 Precision = Literal["fp32", "bf16", "fp16"]
+Strategy = Literal["ddp", "fsdp"]
+Task = Literal["classification", "regression", "ner", "qa"]
 
 
 @dataclass
@@ -211,7 +241,7 @@ class PretrainConfig:
     """fp32, or bf16/fp16 mixed precision (on hardware that has it)."""
     compile: bool = False
     """torch.compile each transformer layer."""
-    strategy: Literal["ddp", "fsdp"] = "ddp"
+    strategy: Strategy = "ddp"
     """Under torchrun: replicate the model (DistributedDataParallel) or shard it (FSDP, fully_shard)."""
     save_every: int = 1000
     """Steps between checkpoints."""
@@ -250,7 +280,109 @@ class PretrainConfig:
         return min(10000, self.max_steps // 10) if self.warmup_steps < 0 else self.warmup_steps
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
+# Fine-tuning learning rates of the official code (small 3e-4, base 1e-4, large 5e-5); other widths by
+# the rule those follow: inversely with the hidden size (3e-4 at 256), at most 1e-3.
+FINETUNE_LR = {"small": 3e-4, "base": 1e-4, "large": 5e-5}
+
+
+def finetune_lr(cfg: ModelConfig) -> float:
+    """The default fine-tuning learning rate of an encoder (tiny: 6e-4)."""
+    for name, lr in FINETUNE_LR.items():
+        d = SIZES[name].discriminator
+        if (d.hidden_size, d.num_hidden_layers) == (cfg.hidden_size, cfg.num_hidden_layers):
+            return lr
+    return min(1e-3, 3e-4 * 256 / cfg.hidden_size)
+
+
+@dataclass
+class FinetuneConfig:
+    """Training settings of `electra finetune` (defaults: the paper's GLUE recipe)."""
+
+    epochs: int = 3
+    """Passes over the training data."""
+    batch_size: int = 32
+    """Examples per optimizer step, over all processes."""
+    lr: float | None = None
+    """Peak learning rate of the top layer and the head; None: by the encoder's size (`finetune_lr`)."""
+    layer_decay: float = 0.8
+    """Learning-rate factor per layer going down (1: off)."""
+    warmup: float = 0.1
+    """Fraction of the steps spent warming up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_seq_len: int | None = None
+    """Word pieces per input (None: 128; 384 for qa)."""
+    seed: int = 0
+    """Seed of the head's initialisation, dropout and data order."""
+    dropout: float | None = None
+    """Override the encoder's dropout."""
+    freeze_layers: int = 0
+    """Freeze the embeddings and the lowest N layers."""
+    head_only: bool = False
+    """Train only the task head."""
+    lora: bool = False
+    """Train LoRA adapters (peft) and the head; merged into the weights when saved."""
+    lora_rank: int = 8
+    """Rank of the LoRA adapters."""
+    doc_stride: int = 128
+    """qa: tokens between the starts of overlapping context windows."""
+    max_answer_len: int = 30
+    """qa: longest answer in word pieces."""
+    metric: str | None = None
+    """The dev metric that picks the best epoch (None: accuracy, pearson, or f1 for ner and qa)."""
+    precision: Precision = "fp32"
+    """fp32, or bf16/fp16 mixed precision on hardware that has it."""
+    strategy: Strategy = "ddp"
+    """Under torchrun: replicate the model (ddp) or shard it (fsdp)."""
+    length_buckets: bool = True
+    """Batch examples of similar length (less compute spent on padding)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("epochs", "batch_size", "lora_rank", "doc_stride", "max_answer_len"):
+            if getattr(self, name) <= 0:
+                problems.append(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
+        if self.lr is not None and not 0 < self.lr < 1:
+            problems.append(f"--lr must be positive and below 1 (got {self.lr})")
+        if not 0 < self.layer_decay <= 1:
+            problems.append(f"--layer-decay must be in (0, 1] (got {self.layer_decay}); 1 turns it off")
+        if not 0 <= self.warmup < 1:
+            problems.append(f"--warmup is a fraction of the steps in [0, 1) (got {self.warmup})")
+        if self.freeze_layers < 0:
+            problems.append(f"--freeze-layers must be >= 0 (got {self.freeze_layers})")
+        if self.max_seq_len is not None and self.max_seq_len < 8:
+            problems.append(f"--max-seq-len must be at least 8 (got {self.max_seq_len})")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            problems.append(f"--dropout must be in [0, 1) (got {self.dropout})")
+        if sum([self.head_only, self.lora, self.freeze_layers > 0]) > 1:
+            problems.append("choose one of --head-only, --lora and --freeze-layers")
+        if self.strategy == "fsdp" and (self.lora or self.head_only or self.freeze_layers):
+            problems.append("--strategy fsdp trains every parameter; use the default ddp with --lora, "
+                            "--head-only or --freeze-layers")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            problems.append(f"precision must be fp32, bf16 or fp16 (got {self.precision})")
+        if self.strategy not in ("ddp", "fsdp"):
+            problems.append(f"strategy must be ddp or fsdp (got {self.strategy})")
+        if problems:
+            raise UserError("; ".join(problems))
+
+
+def merge_settings(cls, where: str, configured: dict[str, Any], flags: dict[str, Any]):
+    """cls(defaults < `configured` (a YAML mapping) < the flags that were given, i.e. are not None)."""
+    if not isinstance(configured, dict):
+        raise UserError(f"{where}: expected a mapping of {cls.__name__} settings")
+    merged = {**configured, **{k: v for k, v in flags.items() if v is not None}}
+    known = {f.name for f in fields(cls)}
+    unknown = set(merged) - known
+    if unknown:
+        raise UserError(f"{where}: unknown settings {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    try:
+        return cls(**merged)
+    except TypeError as e:  # a value of the wrong kind that validation could not compare
+        raise UserError(f"{where}: {e}") from None
+
+
+def load_yaml(path: Path, known: set[str] | None = None) -> dict[str, Any]:
     import yaml
 
     try:
@@ -261,7 +393,8 @@ def load_yaml(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} should hold a mapping of settings")
-    known = {"model", "generator_size", "discriminator", "generator", "objective", "train"}
+    if known is None:
+        known = {"model", "generator_size", "discriminator", "generator", "objective", "train"}
     unknown = set(data) - known
     if unknown:
         raise UserError(f"{path}: unknown sections {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
@@ -296,3 +429,20 @@ def _checked(overrides: dict[str, Any], cls, where: str) -> dict[str, Any]:
     if unknown:
         raise UserError(f"{where}: unknown {cls.__name__} settings {', '.join(sorted(unknown))}")
     return overrides
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90s', '45m', '2h', '1h30m' or plain seconds -> seconds."""
+    if text is None:
+        return None
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        seconds = float(t)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", t)
+        if not parts or "".join(a + b for a, b in parts) != t:
+            raise UserError(f"cannot read the duration {text!r}; write it like 90s, 45m, 2h or 1h30m")
+        seconds = sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UserError(f"the duration {text!r} must be positive")
+    return seconds

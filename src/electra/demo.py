@@ -46,7 +46,7 @@ def _fresh_dir(out: Path) -> None:
 
 
 def run_demo(out: Path, steps: int, batch_size: int, lr: float, progress: bool) -> dict:
-    from electra.commands import print_detection
+    from electra.display import print_detection
     from electra.data.corpus import iter_lines
     from electra.data.dataset import PretrainingData
     from electra.data.prepare import prepare
@@ -71,7 +71,7 @@ def run_demo(out: Path, steps: int, batch_size: int, lr: float, progress: bool) 
     recipe = out / "tiny.yaml"
     recipe.write_text("model: tiny\nobjective:\n  temperature: 2.0\n")
     print("      generator sampled at temperature 2 (the paper's 1 needs a longer run to learn as much)")
-    run = pretrain(out / "data", str(recipe), out / "run", progress=progress, max_steps=steps, batch_size=batch_size,
+    run = pretrain(out / "data", str(recipe), out / "run", max_steps=steps, batch_size=batch_size,
                    lr=lr, save_every=steps, eval_every=max(1, steps // 10), log_every=max(1, steps // 50),
                    keep_last=1)
     print("[4/5] exporting in Hugging Face format")

@@ -1,37 +1,26 @@
-"""Saving and loading models: our model/run directories, Hugging Face ELECTRA directories, hub ids.
-
-Our directory (a checkpoint `step-00001000/` or an exported model) holds `electra.json` (the
-resolved configuration), `model.safetensors` and the tokenizer files. A run directory holds
-`step-*/` checkpoints; the newest intact one is used.
+"""Loading pretrained networks from what --model names: our model/run directories (electra.checkpoint
+owns their format; a run gives its newest intact checkpoint), Hugging Face ELECTRA directories, hub
+ids; and exporting them in Hugging Face format.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from electra import hf
-from electra.config import ElectraConfig, ModelConfig, read_json
-from electra.data.tokenizer import (TOKENIZER_FILES, check_vocab, is_lowercase, load_tokenizer, save_tokenizer,
-                                    special_ids)
+from electra.checkpoint import ELECTRA_JSON, newest_checkpoint, read_weights, step_dirs
+from electra.config import ElectraConfig, ModelConfig, SpecialIds, read_json
+from electra.data.tokenizer import check_vocab, is_lowercase, load_tokenizer, save_tokenizer, special_ids
 from electra.errors import UserError
-from electra.model.electra import ElectraForPretraining, SpecialIds
+from electra.model.electra import ElectraForPretraining
 from electra.model.heads import Discriminator, Generator
-
-ELECTRA_JSON = "electra.json"
-WEIGHTS = "model.safetensors"
-FORMAT_VERSION = 1
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
 @dataclass
@@ -56,7 +45,6 @@ class Pretrained:
         return net
 
 
-
 def pretraining_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The state to save: the generator's embeddings are the discriminator's, so stored once."""
     return {k: v for k, v in state.items() if not k.startswith("generator.encoder.embeddings.")}
@@ -71,54 +59,6 @@ def load_pretraining_state(model: ElectraForPretraining, state: dict[str, torch.
     if missing or unexpected:
         raise UserError(f"the weights in {where} do not match an ELECTRA pretraining model "
                         f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
-
-
-def write_model_dir(directory: Path, state: dict[str, torch.Tensor], meta: dict, tokenizer_dir: Path | None,
-                    tokenizer: Tokenizer | None = None) -> None:
-    """Write weights, electra.json and tokenizer files into a fresh directory."""
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(directory / WEIGHTS),
-              metadata={"format": "pt"})
-    if tokenizer_dir is not None:
-        for name in TOKENIZER_FILES:
-            if (tokenizer_dir / name).is_file():
-                shutil.copyfile(tokenizer_dir / name, directory / name)
-    elif tokenizer is not None:
-        save_tokenizer(tokenizer, directory, lowercase=is_lowercase(tokenizer))
-    (directory / ELECTRA_JSON).write_text(json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2) + "\n",
-                                          encoding="utf-8")
-
-
-def step_dirs(run: Path) -> list[Path]:
-    """Checkpoint directories of a run, newest first."""
-    if not run.is_dir():
-        return []
-    found = [p for p in run.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
-    return sorted(found, key=lambda p: p.name, reverse=True)
-
-
-def is_intact(ckpt: Path) -> bool:
-    """Its config parses and every tensor of its weights file lies inside the file (a truncated copy fails)."""
-    try:
-        read_json(ckpt / ELECTRA_JSON, "checkpoint config")
-        with open(ckpt / WEIGHTS, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-            size = os.fstat(f.fileno()).st_size
-        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-        return 8 + n + max(ends, default=0) == size
-    except (UserError, OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-
-
-def newest_checkpoint(run: Path, warn=True) -> Path | None:
-    for ckpt in step_dirs(run):
-        if is_intact(ckpt):
-            return ckpt
-        if warn:
-            print(f"electra: warning: checkpoint {ckpt} is incomplete or corrupt; using an earlier one",
-                  file=sys.stderr)
-    return None
 
 
 def resolve(src: str) -> Path:
@@ -172,13 +112,8 @@ def _load_ours(directory: Path) -> Pretrained:
     tok = load_tokenizer(directory)
     check_vocab(tok, cfg.discriminator.vocab_size, str(directory))
     special = special_ids(tok, f"the tokenizer in {directory}")
-    try:
-        state = load_file(str(directory / WEIGHTS))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"the weights {directory / WEIGHTS} cannot be read ({e}); the checkpoint may be "
-                        "truncated or corrupt") from None
     model = ElectraForPretraining(cfg, special)
-    load_pretraining_state(model, state, directory)
+    load_pretraining_state(model, read_weights(directory), directory)
     return Pretrained(model.discriminator, model.generator, tok, special, directory, "electra", meta=meta)
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from electra.config import ElectraConfig, SpecialIds
+from electra.config import ElectraConfig, ObjectiveConfig, SpecialIds
 from electra.hf import hf_config
-from electra.model.electra import ObjectiveConfig, mask_tokens
+from electra.model.electra import mask_tokens
 
 
 class HFReferencePretraining(torch.nn.Module):

@@ -14,7 +14,9 @@ import torch
 from electra.bench import flops
 from electra.config import SpecialIds, get_size
 from electra.errors import UserError
-from electra.model.encoder import compile_layers
+from electra.model.cpu import use_cpu_kernels
+from electra.runtime import autocast as _autocast
+from electra.train.parallelize import compile_layers
 
 SPECIAL = SpecialIds(pad=0, cls=2, sep=3, mask=4)
 
@@ -100,13 +102,6 @@ def step_memory(runs: dict[str, Callable[[], None]], device: torch.device) -> di
     return out
 
 
-def _autocast(precision: str, device: torch.device):
-    import contextlib
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype_of(precision))
-
-
 def pretrain_steps(size: str, batch_size: int, seq_len: int, precision: str, device: torch.device,
                    compare_hf: bool, compile_: bool = False) -> tuple[dict[str, Callable[[], None]], float]:
     """Step functions (ours, and the reference) and our model FLOPs per token."""
@@ -119,6 +114,8 @@ def pretrain_steps(size: str, batch_size: int, seq_len: int, precision: str, dev
     ours = ElectraForPretraining(cfg, SPECIAL).to(device)
     if compile_:
         compile_layers(ours.discriminator.encoder, ours.generator.encoder)
+    else:
+        use_cpu_kernels(ours)  # as `electra pretrain` does
     opt = adamw(ours, 5e-4, 0.01)
     totals = ours.counts(batch[0], batch[1])
 
@@ -207,6 +204,8 @@ def finetune_steps(size: str, batch_size: int, seq_len: int, precision: str, dev
     opt = adamw(ours, 1e-4, 0.0)
     if compile_:
         compile_layers(ours.encoder)
+    else:
+        use_cpu_kernels(ours)  # as `electra finetune` does
 
     def our_step():
         with _autocast(precision, device):
@@ -261,7 +260,7 @@ def infer(size: str, batch_size: int, seq_len: int, precision: str, device: torc
     batch's longest; outputs compared."""
     from electra.data.tokenizer import train_tokenizer
     from electra.finetune.model import FinetuneModel
-    from electra.finetune.run import CompiledForInference
+    from electra.finetune.predict import CompiledForInference
 
     texts = _sentences(data)
     cfg = get_size(size).discriminator
@@ -270,7 +269,7 @@ def infer(size: str, batch_size: int, seq_len: int, precision: str, device: torc
     torch.manual_seed(0)
     ours = FinetuneModel(cfg, "classification", 2).to(device).eval()
     ref = _hf_classifier(ours).to(device) if compare_hf else None
-    run_model = CompiledForInference(ours) if compile_ else ours
+    run_model = CompiledForInference(ours) if compile_ else use_cpu_kernels(ours)  # as `predict` does
 
     def batches(order):
         for i in range(0, len(order), batch_size):

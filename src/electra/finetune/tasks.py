@@ -1,6 +1,6 @@
 """What differs between tasks: reading a file, turning examples into model inputs, the loss, and
 turning model outputs back into one prediction per example. Training, evaluation and prediction
-(electra.finetune.run) are the same for all four."""
+(electra.finetune.train, .predict) are the same for all four."""
 
 from __future__ import annotations
 
@@ -94,17 +94,9 @@ class Task:
     def num_labels(self) -> int:
         return len(self.labels) if self.labels else 1
 
-    def describe(self) -> dict:
-        return {"labels": self.labels, **self.settings}
-
 
 class SequenceTask(Task):
-    """Classification (labels as written in the data) or regression (one number), of a text or a pair."""
-
-    def __init__(self, name: str, labels: list[str] | None = None, settings: dict | None = None):
-        super().__init__(labels, settings)
-        self.name = name
-        self.label_dtype = torch.float if name == "regression" else torch.long
+    """A text or a pair of texts -> one output; read from tables (TSV, CSV, JSONL)."""
 
     def read(self, path: Path, flags: dict, training: bool, labelled: bool = True):
         remembered = self.settings.get("columns")
@@ -114,30 +106,20 @@ class SequenceTask(Task):
                                               no_header=flags.get("no_header", False), need_label=labelled)
         if training:
             self.settings["columns"] = columns.to_dict()
-        if self.name == "regression":
-            for n, ex in enumerate(examples):
-                if ex.label is not None:
-                    try:
-                        float(ex.label)
-                    except ValueError:
-                        raise UserError(f"{path}: example {n + 1} has the label {ex.label!r}, not a number; "
-                                        "regression needs numeric labels (or use --task classification)") from None
-        elif training and self.labels is None:
-            self.labels = sort_labels({ex.label for ex in examples})
-            if len(self.labels) < 2:
-                raise UserError(f"{path} has only one label ({self.labels[0]!r}); classification needs two or more")
-        elif labelled and self.labels is not None:
-            unseen = sorted({ex.label for ex in examples if ex.label is not None} - set(self.labels))
-            if unseen:
-                raise UserError(f"{path} has labels that training never saw: {', '.join(map(repr, unseen[:10]))}"
-                                f"{' ...' if len(unseen) > 10 else ''}; the model knows {', '.join(map(repr, self.labels))}")
+        self.check_labels(path, examples, training, labelled)
         return examples
+
+    def check_labels(self, path: Path, examples, training: bool, labelled: bool) -> None:
+        raise NotImplementedError
+
+    def label_of(self, label: str):
+        """The training target of a label as written in the data."""
+        raise NotImplementedError
 
     def encode(self, examples, tok: Tokenizer, special: SpecialIds, max_len: int) -> tuple[list[Feature], int]:
         columns = list(zip(*[ex.texts for ex in examples]))
         a_all = _pieces(tok, list(columns[0]))
         b_all = _pieces(tok, list(columns[1])) if len(columns) > 1 else [None] * len(examples)
-        index = {lab: i for i, lab in enumerate(self.labels or [])}
         features, truncated = [], 0
         for n, (ex, a, b) in enumerate(zip(examples, a_all, b_all)):
             truncated += _truncate_pair(a, b, max_len - (3 if b is not None else 2))
@@ -146,29 +128,71 @@ class SequenceTask(Task):
             if b is not None:
                 ids += [*b, special.sep]
                 types += [1] * (len(b) + 1)
-            label = None
-            if ex.label is not None:
-                label = float(ex.label) if self.name == "regression" else index[ex.label]
-            features.append(Feature(ids, types, label, n))
+            features.append(Feature(ids, types, None if ex.label is None else self.label_of(ex.label), n))
         return features, truncated
 
+
+class ClassificationTask(SequenceTask):
+    """Labels as written in the data; cross-entropy; accuracy, F1, MCC."""
+
+    name = "classification"
+
+    def check_labels(self, path: Path, examples, training: bool, labelled: bool) -> None:
+        if training and self.labels is None:
+            self.labels = sort_labels({ex.label for ex in examples})
+            if len(self.labels) < 2:
+                raise UserError(f"{path} has only one label ({self.labels[0]!r}); classification needs two or more")
+        elif labelled and self.labels is not None:
+            unseen = sorted({ex.label for ex in examples if ex.label is not None} - set(self.labels))
+            if unseen:
+                raise UserError(f"{path} has labels that training never saw: {', '.join(map(repr, unseen[:10]))}"
+                                f"{' ...' if len(unseen) > 10 else ''}; the model knows {', '.join(map(repr, self.labels))}")
+
+    def label_of(self, label: str) -> int:
+        return self.labels.index(label)
+
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.name == "regression":
-            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
         return F.cross_entropy(logits.float(), labels)
 
     def decode(self, examples, features, outputs: list[np.ndarray]) -> list:
-        if self.name == "regression":
-            return [float(o[0]) for o in outputs]
         return [self.labels[int(np.argmax(o))] for o in outputs]
 
     def gold(self, examples) -> list:
-        return [float(ex.label) if self.name == "regression" else ex.label for ex in examples]
+        return [ex.label for ex in examples]
 
     def score(self, examples, predictions) -> dict:
-        if self.name == "regression":
-            return metrics.regression_metrics(self.gold(examples), predictions)
         return metrics.classification_metrics(self.gold(examples), predictions, self.labels)
+
+
+class RegressionTask(SequenceTask):
+    """One number per example; mean squared error; Pearson and Spearman."""
+
+    name = "regression"
+    label_dtype = torch.float
+
+    def check_labels(self, path: Path, examples, training: bool, labelled: bool) -> None:
+        for n, ex in enumerate(examples):
+            if ex.label is not None:
+                try:
+                    float(ex.label)
+                except ValueError:
+                    raise UserError(f"{path}: example {n + 1} has the label {ex.label!r}, not a number; "
+                                    "regression needs numeric labels (or use --task classification)") from None
+
+    def label_of(self, label: str) -> float:
+        return float(label)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+
+    def decode(self, examples, features, outputs: list[np.ndarray]) -> list:
+        return [float(o[0]) for o in outputs]
+
+    def gold(self, examples) -> list:
+        return [float(ex.label) for ex in examples]
+
+    def score(self, examples, predictions) -> dict:
+        return metrics.regression_metrics(self.gold(examples), predictions)
 
 
 class TokenTask(Task):
@@ -349,8 +373,10 @@ def sort_labels(labels: set[str]) -> list[str]:
 
 
 def make_task(name: str, labels: list[str] | None = None, settings: dict | None = None) -> Task:
-    if name in ("classification", "regression"):
-        return SequenceTask(name, labels, settings)
+    if name == "classification":
+        return ClassificationTask(labels, settings)
+    if name == "regression":
+        return RegressionTask(labels, settings)
     if name == "ner":
         return TokenTask(labels, settings)
     if name == "qa":

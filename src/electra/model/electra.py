@@ -13,42 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from electra.config import ElectraConfig, SpecialIds
-from electra.errors import UserError
+from electra.config import ElectraConfig, ObjectiveConfig, SpecialIds
 from electra.model.heads import Discriminator, Generator
 from electra.model.rng import uniform
 
 STREAM_POSITIONS, STREAM_KEEP, STREAM_SAMPLE = 0, 1, 2
-
-
-@dataclass
-class ObjectiveConfig:
-    """Settings of the replaced-token-detection objective (defaults: the paper's)."""
-
-    mask_prob: float = 0.15
-    """Fraction of maskable tokens the generator must predict."""
-    mask_token_prob: float = 0.85
-    """Of those, the fraction replaced by [MASK]; the rest keep their token (no random replacement)."""
-    gen_weight: float = 1.0
-    """Weight of the generator's MLM loss."""
-    disc_weight: float = 50.0
-    """Weight of the discriminator's binary cross-entropy."""
-    temperature: float = 1.0
-    """Sampling temperature of the generator's softmax."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.mask_prob < 1.0:
-            raise UserError(f"mask_prob must be in (0, 1) (got {self.mask_prob})")
-        if not 0.0 <= self.mask_token_prob <= 1.0:
-            raise UserError(f"mask_token_prob must be in [0, 1] (got {self.mask_token_prob})")
-        if self.gen_weight < 0 or self.disc_weight < 0:
-            raise UserError("gen_weight and disc_weight must be >= 0")
-        if self.temperature <= 0:
-            raise UserError(f"temperature must be > 0 (got {self.temperature})")
-
-    def max_predictions(self, seq_len: int) -> int:
-        """The official cap on masked positions per sequence."""
-        return max(1, int((self.mask_prob + 0.005) * seq_len))
 
 
 @dataclass

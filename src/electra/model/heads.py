@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from electra.config import ModelConfig
-from electra.model.encoder import Embeddings, Encoder, activation, init_weights, use_cpu_path
+from electra.model.encoder import Embeddings, Encoder, activation, init_weights
 
 
 class DiscriminatorHead(nn.Module):
@@ -37,41 +37,10 @@ class GeneratorHead(nn.Module):
 
     def forward(self, h: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
         """h: (..., H), word_embeddings: (V, E), the tied output matrix -> (..., V) logits."""
-        h = self.norm(F.gelu(self.dense(h)))  # (..., E)
-        if use_cpu_path(h) and h.dtype == word_embeddings.dtype and not torch.is_autocast_enabled("cpu"):
-            return BlockedVocabProjection.apply(h, word_embeddings, self.bias)
+        return self.project(self.norm(F.gelu(self.dense(h))), word_embeddings)  # (..., E) -> (..., V)
+
+    def project(self, h: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
         return F.linear(h, word_embeddings, self.bias)
-
-
-class BlockedVocabProjection(torch.autograd.Function):
-    """F.linear(h, weight, bias) for a vocabulary-wide output on CPUs, the forward computed `BLOCK` output
-    columns at a time: MKL runs the single (M, E) x (E, 30522) product of `small`'s generator at about
-    70 GFLOP/s on CPU-2, blocks of 512 columns (whose slice of the weight stays in cache) at 110-150
-    (BENCHMARKS.md). The backward's two products are as fast whole and stay whole.
-    h: (..., E), weight: (V, E), bias: (V,) -> (..., V)."""
-
-    BLOCK = 512
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        V = weight.shape[0]
-        flat = h.reshape(-1, h.shape[-1])  # (M, E)
-        out = h.new_empty(flat.shape[0], V)
-        for j in range(0, V, BlockedVocabProjection.BLOCK):
-            k = min(j + BlockedVocabProjection.BLOCK, V)
-            torch.addmm(bias[j:k], flat, weight[j:k].t(), out=out[:, j:k])  # BLAS writes into the strided block
-        ctx.save_for_backward(flat, weight)
-        ctx.h_shape = h.shape
-        return out.view(*h.shape[:-1], V)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        flat, weight = ctx.saved_tensors
-        grad = grad_out.reshape(-1, weight.shape[0])  # (M, V)
-        need_h, need_w, need_b = ctx.needs_input_grad
-        return (grad.mm(weight).view(ctx.h_shape) if need_h else None,
-                grad.t().mm(flat) if need_w else None,
-                grad.sum(0) if need_b else None)
 
 
 class Discriminator(nn.Module):

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -23,15 +24,11 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
-    launched: bool = False  # started by torchrun: in a process group, even a group of one
+    distributed: bool = False  # started by torchrun: in a process group, even a group of one
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.launched
 
     def device(self) -> torch.device:
         if torch.cuda.is_available():
@@ -85,13 +82,16 @@ class World:
         if self.distributed:
             dist.barrier()
 
+    def describe(self, device: torch.device, strategy: str) -> str:
+        """Where training runs, for the first line a run prints."""
+        if not self.distributed:
+            return str(device)
+        return f"{self.size} process{'es' if self.size > 1 else ''} ({device.type}, {strategy})"
 
-def current_rank() -> int:
-    """The process's rank under torchrun (0 otherwise), before any process group exists."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
+    def say(self, message: str) -> None:
+        """Print to stderr from rank 0 only."""
+        if self.is_main:
+            print(message, file=sys.stderr)
 
 
 def join() -> World:
@@ -102,7 +102,7 @@ def join() -> World:
         return World()
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if dist.is_initialized():
-        return World(rank, size, local_rank, launched=True)
+        return World(rank, size, local_rank, distributed=True)
     missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
     if missing:
         raise UserError(f"WORLD_SIZE is {size} but {' and '.join(missing)} not set; start the processes with "
@@ -115,7 +115,7 @@ def join() -> World:
     except Exception as e:  # noqa: BLE001 - rendezvous failures come as several exception types
         raise UserError(f"cannot join the process group ({type(e).__name__}: {e}); check the rendezvous "
                         "endpoint and that every node can reach it") from None
-    return World(rank, size, local_rank, launched=True)
+    return World(rank, size, local_rank, distributed=True)
 
 
 def leave(world: World) -> None:
@@ -123,24 +123,17 @@ def leave(world: World) -> None:
         dist.destroy_process_group()
 
 
-# --- strategies: DistributedDataParallel (replicated) or FSDP (PyTorch's fully_shard) -----------
+@contextlib.contextmanager
+def joined():
+    """The world of this process (see `join`), left however the work ends."""
+    world = join()
+    try:
+        yield world
+    finally:
+        leave(world)
 
-def wrap(model: torch.nn.Module, world: World, strategy: str, blocks: list[torch.nn.Module],
-         device: torch.device) -> torch.nn.Module:
-    """The module to call forward on. DDP wraps; fully_shard shards each transformer layer, then the
-    rest (embeddings, heads) at the root, in place. A world of one gets the model back."""
-    if not world.distributed:
-        return model
-    if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-        for block in blocks:
-            fully_shard(block)
-        fully_shard(model)
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-    # the models have no buffers, so DDP's default buffer sync has nothing to send
-    return DistributedDataParallel(model, device_ids=[world.local_rank] if device.type == "cuda" else None)
 
+# --- the wrapped model: gradient synchronisation and whole states ---------------------------------
 
 @contextlib.contextmanager
 def gradient_sync(module: torch.nn.Module, enabled: bool):

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+import time
 from pathlib import Path
+
+from tqdm import tqdm
 
 
 class MetricsLog:
@@ -48,6 +54,64 @@ class NullLog:
 
     def close(self) -> None:
         pass
+
+
+class Progress:
+    """Progress of a training run on stderr: a tqdm bar on a terminal; elsewhere (nohup, CI, SLURM, a
+    pipe) one plain line every ELECTRA_PROGRESS_SECONDS (default 30 s) with step, loss, rate and ETA."""
+
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool = True):
+        tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not (enabled and tty),
+                        file=sys.stderr, dynamic_ncols=True)
+        self.plain = enabled and not tty
+        self.every_s = float(os.environ.get("ELECTRA_PROGRESS_SECONDS", "30"))
+        self.total, self.first, self.desc = total, initial, desc
+        self.started = self.last = time.perf_counter()
+        self.row: dict = {}
+
+    def show(self, row: dict) -> None:
+        """The newest metrics row: its loss, accuracy and throughput are shown."""
+        self.row = row
+        shown = {k: f"{row[k]:.3f}" for k in ("loss", "disc_acc") if k in row}
+        self.bar.set_postfix(**shown, tok_s=f"{row.get('tokens_per_s', 0):.0f}", refresh=False)
+
+    def update(self, step: int) -> None:
+        self.bar.update(1)
+        now = time.perf_counter()
+        if self.plain and (now - self.last >= self.every_s or step == self.total):
+            self.last = now
+            rate = (step - self.first) / max(now - self.started, 1e-9)
+            parts = [f"{self.desc}: step {step:,}/{self.total:,} ({100 * step / self.total:.1f}%)"]
+            parts += [f"{k} {self.row[k]:.4f}" for k in ("loss", "disc_acc") if k in self.row]
+            if "tokens_per_s" in self.row:
+                parts.append(f"{self.row['tokens_per_s']:,.0f} tokens/s")
+            parts.append(f"{rate:.2f} steps/s, elapsed {_clock(now - self.started)}, "
+                         f"ETA {_clock((self.total - step) / rate) if rate > 0 else '?'}")
+            print(", ".join(parts), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+@contextlib.contextmanager
+def training_log(run: Path, is_main: bool, panels: list[tuple[str, list[str]]], resume_step: int | None = None,
+                 tensorboard: bool = True):
+    """The metrics log of a training run (rank 0 writes; the others log nothing), closed and plotted
+    into RUN/curves.png however the run ends."""
+    log = MetricsLog(run, resume_step, tensorboard) if is_main else NullLog()
+    try:
+        yield log
+    finally:
+        log.close()
+        if is_main:
+            plot_curves(run, panels)
 
 
 def read_metrics(path: Path) -> list[dict]:

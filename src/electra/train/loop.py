@@ -4,20 +4,18 @@ checkpoints, time budget and stop signals."""
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from tqdm import tqdm
 
-from electra.errors import UserError
+from electra.errors import Interrupted, UserError
+from electra.runtime import autocast
 from electra.train.distributed import World, gradient_sync, is_sharded
-from electra.train.logs import MetricsLog
+from electra.train.logs import MetricsLog, Progress
 from electra.train.optim import linear_warmup_decay, set_lr
 
 
@@ -41,7 +39,6 @@ class LoopSettings:
     max_steps: int
     peak_lr: float
     warmup_steps: int
-    grad_accum: int = 1
     clip_grad_norm: float = 1.0
     precision: str = "fp32"
     log_every: int = 10
@@ -76,15 +73,16 @@ class StopSignal:
 @dataclass
 class LoopResult:
     step: int
-    stopped_by: str  # "max_steps", "time_budget" or a signal name
+    stopped_by: str  # "max_steps", "time_budget", a signal name, or "signal on another process"
     last_checkpoint: object = None
 
-
-def autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    def raise_if_interrupted(self) -> None:
+        """A run stopped by a signal ends the command with 128 + its number (after saving); under torchrun
+        the processes that did not get the signal exit as if they had got SIGTERM."""
+        if self.stopped_by.startswith("SIG"):
+            raise Interrupted(self.stopped_by)
+        if self.stopped_by == "signal on another process":
+            raise Interrupted("SIGTERM")
 
 
 def solo_throughput(objective: Objective, micro_batches, step: int, device: torch.device, world: World,
@@ -114,6 +112,61 @@ def solo_throughput(objective: Objective, micro_batches, step: int, device: torc
     return float(world.sum_(rate)) / world.size
 
 
+class Window:
+    """Sums of the metrics since the last logged row, kept on the device (no host sync per step)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset(time.perf_counter())
+
+    def reset(self, now: float) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.tokens = torch.zeros((), device=self.device)
+        self.grad_norm = torch.zeros((), device=self.device)
+        self.steps, self.start = 0, now
+
+    def add(self, metrics: dict[str, torch.Tensor], tokens: torch.Tensor) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.float()
+        self.tokens += tokens
+
+    def row(self, step: int, lr: float, started: float, world: World, solo_rate: float) -> dict:
+        """The metrics row of the window (summed over processes), then a fresh window."""
+        now = time.perf_counter()
+        keys = sorted(self.sums)
+        reduced = world.sum_(torch.stack([self.sums[k] for k in keys] + [self.tokens.float()]))
+        row = {"step": step, **{k: round(float(v) / self.steps, 6) for k, v in zip(keys, reduced)}}
+        row["grad_norm"] = round(float(self.grad_norm) / self.steps, 6)
+        rate = float(reduced[-1]) / max(now - self.start, 1e-9)
+        row.update(lr=lr, tokens_per_s=round(rate, 1), elapsed_s=round(now - started, 2))
+        if world.distributed:
+            row.update(processes=world.size, tokens_per_s_per_process=round(rate / world.size, 1))
+            if solo_rate:
+                row["scaling_efficiency"] = round(rate / world.size / solo_rate, 3)
+        self.reset(now)
+        return row
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, params: list, scaler, clip: float) -> tuple[torch.Tensor, bool]:
+    """Unscale (fp16), clip, and step unless the gradients are not finite; returns the gradient norm and
+    whether the gradients were finite (fp16's scaler skips such updates itself and is not asked)."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a sharded (DTensor) norm
+        grad_norm = grad_norm.full_tensor()
+    finite = True
+    if scaler:
+        scaler.step(optimizer)  # skips the update itself when gradients overflowed
+        scaler.update()
+    elif bool(torch.isfinite(grad_norm)):  # the one host sync per optimizer step
+        optimizer.step()
+    else:
+        finite = False
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, finite
+
+
 def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
                micro_batches: Callable[[int], Iterable], settings: LoopSettings, *, device: torch.device,
                start_step: int, log: MetricsLog, save: Callable[[int], object],
@@ -125,19 +178,12 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
     s = settings
     model = objective.model
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    progress = progress and world.is_main
     scaler = torch.amp.GradScaler(device.type) if s.precision == "fp16" else None
     started = time.perf_counter()
-    window_start, window_tokens, window_steps = started, 0.0, 0
-    sums: dict[str, torch.Tensor] = {}
-    token_count = torch.zeros((), device=device)
-    grad_norm_sum = torch.zeros((), device=device)
-    last_ckpt = None
-    bad_steps = 0
-    stopped_by = "max_steps"
+    window = Window(device)
+    last_ckpt, bad_steps, stopped_by = None, 0, "max_steps"
     solo_rate = solo_throughput(objective, micro_batches, start_step, device, world, s.precision)
-    bar = tqdm(total=s.max_steps, initial=start_step, desc=desc, unit="step",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = Progress(s.max_steps, start_step, desc, enabled=progress and world.is_main)
     step = start_step
     with StopSignal() as stop:
         while step < s.max_steps:
@@ -151,54 +197,26 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
                         loss, metrics = objective.loss(micro, step, totals)
                     scaled = loss * world.size  # DDP averages gradients over processes; shares must add up
                     (scaler.scale(scaled) if scaler else scaled).backward()
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v.float()
-                token_count += objective.tokens(micro)
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
-            if hasattr(grad_norm, "full_tensor"):  # FSDP: a sharded (DTensor) norm
-                grad_norm = grad_norm.full_tensor()
-            if scaler:
-                scaler.step(optimizer)  # skips the update itself when gradients overflowed
-                scaler.update()
-            elif bool(torch.isfinite(grad_norm)):  # the one host sync per optimizer step
-                optimizer.step()
-                bad_steps = 0
-            else:
+                window.add(metrics, objective.tokens(micro))
+            grad_norm, finite = optimizer_step(optimizer, params, scaler, s.clip_grad_norm)
+            step += 1
+            if not finite:
                 bad_steps += 1
-                log.write({"step": step + 1, "event": "non_finite_loss", "skipped_update": True})
-                if world.is_main:
-                    print(f"electra: warning: non-finite loss or gradients at step {step + 1}; update skipped",
-                          file=sys.stderr)
+                log.write({"step": step, "event": "non_finite_loss", "skipped_update": True})
+                world.say(f"electra: warning: non-finite loss or gradients at step {step}; update skipped")
                 if bad_steps >= s.max_bad_steps:
                     bar.close()
-                    raise UserError(f"the loss was not finite for {bad_steps} steps in a row (up to step {step + 1}); "
+                    raise UserError(f"the loss was not finite for {bad_steps} steps in a row (up to step {step}); "
                                     "the last good checkpoint is kept; lower --lr, or use --precision fp32")
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window_steps += 1
-            grad_norm_sum = grad_norm_sum + grad_norm.detach().float()
-            bar.update(1)
-
+            else:
+                bad_steps = 0
+            window.steps += 1
+            window.grad_norm = window.grad_norm + grad_norm.detach().float()
+            bar.update(step)
             if step % s.log_every == 0 or step == s.max_steps:
-                now = time.perf_counter()
-                keys = sorted(sums)
-                reduced = world.sum_(torch.stack([sums[k] for k in keys] + [token_count.float()]))
-                row = {"step": step, **{k: round(float(v) / window_steps, 6) for k, v in zip(keys, reduced)}}
-                row["grad_norm"] = round(float(grad_norm_sum) / window_steps, 6)
-                rate = float(reduced[-1]) / max(now - window_start, 1e-9)
-                row.update(lr=lr, tokens_per_s=round(rate, 1), elapsed_s=round(now - started, 2))
-                if world.distributed:
-                    row.update(processes=world.size, tokens_per_s_per_process=round(rate / world.size, 1))
-                    if solo_rate:
-                        row["scaling_efficiency"] = round(rate / world.size / solo_rate, 3)
+                row = window.row(step, lr, started, world, solo_rate)
                 log.write(row)
-                shown = {k: f"{row[k]:.3f}" for k in ("loss", "disc_acc") if k in row}
-                bar.set_postfix(**shown, tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
-                sums, window_steps, window_start = {}, 0, now
-                grad_norm_sum = torch.zeros((), device=device)
-                token_count.zero_()
+                bar.show(row)
             if evaluate is not None and s.eval_every and (step % s.eval_every == 0 or step == s.max_steps):
                 log.write({"step": step, **evaluate(step)})  # on every process: sharded forwards are collective
             over_budget = s.time_budget_s is not None and time.perf_counter() - started >= s.time_budget_s

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
@@ -42,24 +41,3 @@ def set_lr(optimizer: torch.optim.Optimizer, peak_lr: float, factor: float) -> f
     for g in optimizer.param_groups:
         g["lr"] = peak_lr * g.get("lr_scale", 1.0) * factor
     return peak_lr * factor
-
-
-def parse_duration(text: str | None) -> float | None:
-    """'90s', '45m', '2h', '1h30m' or plain seconds -> seconds."""
-    if text is None:
-        return None
-    import re
-
-    from electra.errors import UserError
-
-    t = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", t):
-        seconds = float(t)
-    else:
-        parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", t)
-        if not parts or "".join(a + b for a, b in parts) != t:
-            raise UserError(f"cannot read the duration {text!r}; write it like 90s, 45m, 2h or 1h30m")
-        seconds = sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in parts)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise UserError(f"the duration {text!r} must be positive")
-    return seconds

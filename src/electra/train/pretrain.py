@@ -7,29 +7,35 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
-from electra.config import DEFAULT_LR, ElectraConfig, PretrainConfig, SpecialIds, model_from_spec, read_json
+from electra.checkpoint import (ELECTRA_JSON, newest_checkpoint, read_training_state, read_weights,
+                                remove_stale_temporaries, save_checkpoint)
+from electra.config import (DEFAULT_LR, ElectraConfig, ObjectiveConfig, PretrainConfig, SpecialIds, merge_settings,
+                            model_from_spec, read_json)
 from electra.data.dataset import Batch, PretrainingData
 from electra.data.tokenizer import check_vocab, load_tokenizer, special_ids, tokenizer_hash
 from electra.errors import UserError
-from electra.model.electra import ElectraForPretraining, ObjectiveConfig
-from electra.model.encoder import compile_layers
+from electra.model.electra import ElectraForPretraining
 from electra.pretrained import load_pretraining_state, pretraining_state
-from electra.train.checkpoint import (latest_resumable, load_training_state, remove_stale_temporaries,
-                                      save_checkpoint)
-from electra.train.distributed import World, full_state, join, leave, wrap
-from electra.train.logs import MetricsLog, NullLog, plot_curves
+from electra.runtime import check_precision, pick_device
+from electra.train.distributed import World, full_state, joined, load_optimizer_state
+from electra.train.logs import training_log
 from electra.train.loop import LoopSettings, train_loop
 from electra.train.optim import adamw
+from electra.train.parallelize import parallelize
 
 RUN_JSON = "run.json"
 PLOT_PANELS = [("loss", ["gen_loss", "val_gen_loss"]), ("discriminator loss", ["disc_loss", "val_disc_loss"]),
                ("accuracy", ["disc_acc", "gen_acc", "val_disc_acc"]), ("learning rate", ["lr"]),
                ("throughput", ["tokens_per_s"])]
+# settings a resumed run cannot change and still continue the same run exactly
+FIXED_ON_RESUME = ("batch_size", "seed")
 
 
 class PretrainObjective:
@@ -67,75 +73,79 @@ class Resolved:
 def resolve_config(model_spec: str, flags: dict, vocab_size: int, pad_id: int) -> Resolved:
     """defaults < YAML file < command-line flags (those not None)."""
     cfg, yaml_data, size = model_from_spec(model_spec)
-    train = dict(yaml_data.get("train", {}))
-    if not isinstance(train, dict):
-        raise UserError(f"{model_spec}: 'train' must be a mapping")
+    flags = dict(flags)
     dropout = flags.pop("dropout", None)
-    train.update({k: v for k, v in flags.items() if v is not None})
-    train.setdefault("lr", DEFAULT_LR.get(size, 5e-4))
-    known = {f.name for f in dataclasses.fields(PretrainConfig)}
-    unknown = set(train) - known
-    if unknown:
-        raise UserError(f"{model_spec}: unknown train settings {', '.join(sorted(unknown))}")
-    objective = yaml_data.get("objective", {})
-    known_obj = {f.name for f in dataclasses.fields(ObjectiveConfig)}
-    if not isinstance(objective, dict) or set(objective) - known_obj:
-        raise UserError(f"{model_spec}: 'objective' takes only {', '.join(sorted(known_obj))}")
+    train = dict(yaml_data.get("train", {}))
+    if isinstance(train, dict) and "lr" not in train and flags.get("lr") is None:
+        train["lr"] = DEFAULT_LR.get(size, 5e-4)
+    train_cfg = merge_settings(PretrainConfig, f"{model_spec}: train", train, flags)
+    objective = merge_settings(ObjectiveConfig, f"{model_spec}: objective", yaml_data.get("objective", {}), {})
     if dropout is not None:
         if not 0.0 <= dropout < 1.0:
             raise UserError(f"--dropout must be in [0, 1) (got {dropout})")
         cfg = cfg.with_dropout(dropout)
-    return Resolved(cfg.with_vocab(vocab_size, pad_id), ObjectiveConfig(**objective), PretrainConfig(**train), size)
+    return Resolved(cfg.with_vocab(vocab_size, pad_id), objective, train_cfg, size)
 
 
-def pick_device(precision: str) -> torch.device:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs a CUDA GPU; use fp32 (or bf16 on a CPU that has it)")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("this GPU has no bf16; use --precision fp16 or fp32")
-    return device
+def saved_run(out: Path) -> dict | None:
+    """The description of the run already in OUT: run.json, or (older runs) its newest checkpoint's config."""
+    if (out / RUN_JSON).is_file():
+        return read_json(out / RUN_JSON, "run description")
+    ckpt = newest_checkpoint(out, warn=False) if out.is_dir() else None
+    return read_json(ckpt / ELECTRA_JSON, "checkpoint config") if ckpt else None
 
 
-def check_run_dir(out: Path, resume: bool, identity: dict) -> Path | None:
-    """Refuse to mix runs; return the checkpoint to resume from (or None to start fresh)."""
-    run_json = out / RUN_JSON
-    if not out.exists():
-        return None
-    has_run = run_json.is_file() or any(out.glob("step-*"))
-    if not has_run:
-        if any(p for p in out.iterdir() if not p.name.startswith(".")) and not resume:
+def resume_config(saved: dict, model_spec: str | None, flags: dict, vocab_size: int, pad_id: int) -> tuple[Resolved, dict]:
+    """The saved run's settings, with the flags that were given on top; returns them and what changed.
+    A change that would not continue the same run (model, objective, batch size, seed) is refused."""
+    res = Resolved(ElectraConfig.from_dict(saved["model"]), ObjectiveConfig(**saved["objective"]),
+                   merge_settings(PretrainConfig, "the saved run", saved["train"], {}), saved.get("size", "?"))
+    if model_spec is not None or flags.get("dropout") is not None:
+        given = resolve_config(model_spec or res.size, flags, vocab_size, pad_id)
+        for key in ("model", "objective"):
+            if given.to_dict()[key] != res.to_dict()[key]:
+                raise UserError(f"the run in this directory has another {key} configuration than --model "
+                                f"{model_spec or res.size}{' --dropout' if flags.get('dropout') is not None else ''}; "
+                                "resume without --model (the saved settings hold), or choose another --out")
+    train = merge_settings(PretrainConfig, "--resume", dataclasses.asdict(res.train),
+                           {k: v for k, v in flags.items() if k != "dropout"})
+    changed = {k: [getattr(res.train, k), getattr(train, k)] for k in dataclasses.asdict(train)
+               if getattr(train, k) != getattr(res.train, k)}
+    refused = [k for k in FIXED_ON_RESUME if k in changed]
+    if refused:
+        raise UserError("--resume continues the run exactly, so it cannot change "
+                        + ", ".join(f"--{k.replace('_', '-')} ({changed[k][0]} -> {changed[k][1]})" for k in refused)
+                        + "; leave them out, or start a new run in another --out")
+    return dataclasses.replace(res, train=train), changed
+
+
+def claim_run_dir(out: Path, resume: bool, identity: dict, changed: dict, history: list) -> Path | None:
+    """Refuse to mix runs; write run.json (with its history); return the checkpoint to resume from."""
+    if out.exists() and not resume:
+        if (out / RUN_JSON).is_file() or any(out.glob("step-*")):
+            raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+        if any(p for p in out.iterdir() if not p.name.startswith(".")):
             raise UserError(f"{out} exists and holds other files; choose an empty or new --out")
-        return None
-    if not resume:
-        raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    if run_json.is_file():
-        saved = read_json(run_json, "run description")
-        for key in ("model", "objective", "tokenizer_hash", "seq_len"):
-            if saved.get(key) != identity.get(key):
-                raise UserError(f"{out} holds a different run (its {key.replace('_', ' ')} differs); "
-                                "resume with the same --model and --data, or choose another --out")
-    remove_stale_temporaries(out)
-    ckpt = latest_resumable(out)
-    if ckpt is None:
-        print(f"electra: no intact checkpoint in {out}; starting from step 0", file=sys.stderr)
+    ckpt = None
+    if resume and out.exists():
+        remove_stale_temporaries(out)
+        ckpt = newest_checkpoint(out, for_resume=True)
+        if ckpt is None:
+            print(f"electra: no intact checkpoint in {out}; starting from step 0", file=sys.stderr)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        entry = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "from_step": int(ckpt.name.split("-")[1]) if ckpt else 0, "changed": changed}
+        text = json.dumps({**identity, "history": [*history, entry]}, indent=2) + "\n"
+        tmp = out / f".{RUN_JSON}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / RUN_JSON)
+    except PermissionError:
+        raise UserError(f"cannot write into {out} (permission denied); choose another --out") from None
     return ckpt
 
 
-def pretrain(data: Path, model_spec: str, out: Path, *, resume: bool = False, tokenizer: Path | None = None,
-             progress: bool = True, **flags) -> Path:
-    """Train; returns the run directory. `flags` are PretrainConfig fields given on the command line.
-    Under torchrun every process runs this; they share the work of each global batch."""
-    world = join()
-    try:
-        return _pretrain(world, data, model_spec, out, resume=resume, tokenizer=tokenizer, progress=progress, **flags)
-    finally:
-        leave(world)
-
-
-def _pretrain(world: World, data: Path, model_spec: str, out: Path, *, resume: bool, tokenizer: Path | None,
-              progress: bool, **flags) -> Path:
-    say = (lambda msg: print(msg, file=sys.stderr)) if world.is_main else (lambda msg: None)
+def open_data(data: Path, tokenizer: Path | None) -> tuple[PretrainingData, PretrainingData | None, Path, Tokenizer]:
     train_data = PretrainingData(data, "train")
     val_data = PretrainingData(data, "validation") if train_data.manifest["validation"]["examples"] else None
     tok_dir = Path(tokenizer) if tokenizer is not None else Path(data) / "tokenizer"
@@ -145,8 +155,31 @@ def _pretrain(world: World, data: Path, model_spec: str, out: Path, *, resume: b
     if tokenizer_hash(tok) != train_data.manifest["tokenizer_hash"]:
         raise UserError(f"the tokenizer in {tok_dir} is not the one {data} was prepared with; "
                         "pass the same tokenizer or prepare the data again")
+    return train_data, val_data, tok_dir, tok
+
+
+def pretrain(data: Path, model_spec: str | None, out: Path, *, resume: bool = False, tokenizer: Path | None = None,
+             progress: bool = True, **flags) -> Path:
+    """Train; returns the run directory. `flags` are PretrainConfig fields given on the command line
+    (None: not given). Under torchrun every process runs this; they share the work of each global batch."""
+    with joined() as world:
+        return _pretrain(world, data, model_spec, out, resume, tokenizer, progress, flags)
+
+
+def _pretrain(world: World, data: Path, model_spec: str | None, out: Path, resume: bool, tokenizer: Path | None,
+              progress: bool, flags: dict) -> Path:
+    train_data, val_data, tok_dir, tok = open_data(data, tokenizer)
     special = special_ids(tok)
-    res = resolve_config(model_spec, flags, tok.get_vocab_size(), special.pad)
+    saved = saved_run(out) if resume else None
+    if saved is not None:
+        for key, now in (("tokenizer_hash", train_data.manifest["tokenizer_hash"]), ("seq_len", train_data.seq_len),
+                         ("data", str(Path(data).resolve()))):
+            if saved.get(key) is not None and saved.get(key) != now:
+                raise UserError(f"{out} holds a run on other data (its {key.replace('_', ' ')} differs: "
+                                f"{saved[key]} -> {now}); resume with the same --data, or choose another --out")
+        res, changed = resume_config(saved, model_spec, flags, tok.get_vocab_size(), special.pad)
+    else:
+        res, changed = resolve_config(model_spec or "small", flags, tok.get_vocab_size(), special.pad), {}
     t = res.train
     check_vocab(tok, res.model.discriminator.vocab_size, str(tok_dir))
     if train_data.seq_len > res.model.discriminator.max_position_embeddings:
@@ -156,42 +189,41 @@ def _pretrain(world: World, data: Path, model_spec: str, out: Path, *, resume: b
         raise UserError(f"--batch-size {t.batch_size} is not divisible by {world.size} processes x "
                         f"--grad-accum {t.grad_accum}; the global batch is split evenly between them")
     device = world.device() if world.distributed else pick_device(t.precision)
-    if world.distributed:
-        pick_device(t.precision)  # the same precision checks
-
+    check_precision(t.precision, device)
     identity = {**res.to_dict(), "tokenizer_hash": train_data.manifest["tokenizer_hash"],
                 "seq_len": train_data.seq_len, "data": str(Path(data).resolve())}
     world.check_same({**identity, "out": str(Path(out).resolve()), "resume": resume},
                      "the configuration, the data or the output directory")
+    if changed:
+        world.say("electra: resuming with changed settings: "
+                  + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+    # one process decides, all resume from the same checkpoint
+    ckpt = world.from_main(lambda: claim_run_dir(out, resume, identity, changed, (saved or {}).get("history", [])))
+    return _train(world, res, identity, train_data, val_data, tok_dir, special, device, out, ckpt, progress)
 
-    def claim_run_dir():
-        ckpt = check_run_dir(out, resume, identity)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_JSON).write_text(json.dumps(identity, indent=2) + "\n")
-        return ckpt
 
-    ckpt = world.from_main(claim_run_dir)  # one process decides, all resume from the same checkpoint
-
+def _train(world: World, res: Resolved, identity: dict, train_data: PretrainingData,
+           val_data: PretrainingData | None, tok_dir: Path, special: SpecialIds, device: torch.device, out: Path,
+           ckpt: Path | None, progress: bool) -> Path:
+    t = res.train
     torch.manual_seed(t.seed)  # the same initial weights on every process
     model = ElectraForPretraining(res.model, special, res.objective).to(device)
     if ckpt is not None:  # the whole weights first; sharding (FSDP) splits them afterwards
-        from safetensors.torch import load_file
-        load_pretraining_state(model, {k: v.to(device) for k, v in load_file(str(ckpt / "model.safetensors")).items()},
-                               ckpt)
-    layers = [*model.discriminator.encoder.layers, *model.generator.encoder.layers]
-    if t.compile:
-        compile_layers(model.discriminator.encoder, model.generator.encoder)
+        load_pretraining_state(model, {k: v.to(device) for k, v in read_weights(ckpt).items()}, ckpt)
     if t.strategy == "fsdp" and not world.distributed:
-        say("electra: --strategy fsdp shards over processes started by torchrun; with one process the model "
-            "is not sharded")
-    trained = wrap(model, world, t.strategy, layers, device)
+        world.say("electra: --strategy fsdp shards over processes started by torchrun; with one process the "
+                  "model is not sharded")
+    trained = parallelize(model, world, t.strategy, device, compile=t.compile)
     optimizer = adamw(model, t.lr, t.weight_decay, eps=t.adam_eps)  # after sharding: it holds the shards
     start = 0
     if ckpt is not None:
-        start = int(load_training_state(ckpt, model, optimizer)["step"])
-        say(f"electra: resuming from {ckpt} (step {start})")
+        start = int(read_training_state(ckpt, lambda state: load_optimizer_state(model, optimizer, state))["step"])
+        world.say(f"electra: resuming from {ckpt} (step {start})")
     if world.distributed:
         torch.manual_seed(t.seed * 1_000_003 + world.rank + 7919 * start)  # different dropout per process
+    if start >= t.max_steps:
+        world.say(f"electra: {out} already reached step {start} (--max-steps {t.max_steps}); nothing to do")
+        return out
 
     per_process = t.batch_size // world.size
     micro = per_process // t.grad_accum
@@ -202,7 +234,6 @@ def _pretrain(world: World, data: Path, model_spec: str, out: Path, *, resume: b
         for i in range(t.grad_accum):
             yield train_data.batch(idx[i * micro:(i + 1) * micro])
 
-    objective = PretrainObjective(trained, model, t.seed)
     meta = {"kind": "pretraining", **identity, "special_ids": dataclasses.asdict(special)}
 
     def save(step: int):
@@ -215,51 +246,49 @@ def _pretrain(world: World, data: Path, model_spec: str, out: Path, *, resume: b
                                               "processes": world.size, "strategy": t.strategy},
                                keep_last=t.keep_last)
 
-    evaluate = None
-    if val_data is not None and t.eval_every:
-        val_idx = np.arange(min(len(val_data), t.eval_batches * micro))
-
-        @torch.no_grad()
-        def evaluate(step: int) -> dict:
-            model.eval()
-            sums: dict[str, float] = {}
-            n = 0
-            for i in range(0, len(val_idx), micro):
-                b = val_data.batch(val_idx[i:i + micro]).to(device)
-                # a fixed corruption (step 0) so validation numbers are comparable over training
-                out_ = model(b.input_ids, b.attention_mask, b.token_type_ids, b.example_index, step=0, seed=t.seed)
-                for k, v in out_.metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n += 1
-            return {f"val_{k}": round(v / n, 6) for k, v in sums.items()}
-
-    log = MetricsLog(out, resume_step=start if ckpt is not None else None) if world.is_main else NullLog()
+    evaluate = validation(model, val_data, device, t, micro) if val_data is not None and t.eval_every else None
     settings = LoopSettings(max_steps=t.max_steps, peak_lr=t.lr, warmup_steps=t.resolved_warmup,
-                            grad_accum=t.grad_accum, clip_grad_norm=t.clip_grad_norm, precision=t.precision,
-                            log_every=t.log_every, save_every=t.save_every, eval_every=t.eval_every,
-                            time_budget_s=t.time_budget_s)
-    if start >= t.max_steps:
-        say(f"electra: {out} already reached step {start} (--max-steps {t.max_steps}); nothing to do")
-        log.close()
-        return out
+                            clip_grad_norm=t.clip_grad_norm, precision=t.precision, log_every=t.log_every,
+                            save_every=t.save_every, eval_every=t.eval_every, time_budget_s=t.time_budget_s)
     n_params = sum(p.numel() for p in model.discriminator.parameters())
-    where = f"{world.size} process{'es' if world.size > 1 else ''} ({device.type}, {t.strategy})" if world.distributed else str(device)
-    say(f"electra: pretraining {res.size} (discriminator {n_params / 1e6:.1f}M parameters) on {where}, "
-        f"{len(train_data):,} examples of {train_data.seq_len} tokens, batch {t.batch_size}, "
-        f"steps {start}->{t.max_steps}, lr {t.lr:g}")
+    world.say(f"electra: pretraining {res.size} (discriminator {n_params / 1e6:.1f}M parameters) on "
+              f"{world.describe(device, t.strategy)} with {torch.get_num_threads()} CPU threads, "
+              f"{len(train_data):,} examples of {train_data.seq_len} tokens, batch {t.batch_size}, "
+              f"steps {start}->{t.max_steps}, lr {t.lr:g}")
     started = time.perf_counter()
-    try:
-        result = train_loop(objective, optimizer, micro_batches, settings, device=device, start_step=start,
-                            log=log, save=save, evaluate=evaluate, progress=progress, desc="pretrain", world=world)
-    finally:
-        log.close()
-        if world.is_main:
-            plot_curves(out, PLOT_PANELS)
+    with training_log(out, world.is_main, PLOT_PANELS, resume_step=start if ckpt is not None else None) as log:
+        result = train_loop(PretrainObjective(trained, model, t.seed), optimizer, micro_batches, settings,
+                            device=device, start_step=start, log=log, save=save, evaluate=evaluate,
+                            progress=progress, desc="pretrain", world=world)
     minutes = (time.perf_counter() - started) / 60
     if result.stopped_by == "max_steps":
-        say(f"electra: done: step {result.step} in {minutes:.1f} min; checkpoint {result.last_checkpoint}; "
-            f"curves {out / 'curves.png'}")
+        world.say(f"electra: done: step {result.step} in {minutes:.1f} min; checkpoint {result.last_checkpoint}; "
+                  f"curves {out / 'curves.png'}")
     else:
-        say(f"electra: stopped by {result.stopped_by} at step {result.step}; checkpoint {result.last_checkpoint} "
-            f"saved; continue with --resume")
+        world.say(f"electra: stopped by {result.stopped_by} at step {result.step}; checkpoint "
+                  f"{result.last_checkpoint} saved; continue with --resume")
+        world.barrier()  # rank 0 has said so before any process exits
+        result.raise_if_interrupted()
     return out
+
+
+def validation(model: ElectraForPretraining, val_data: PretrainingData, device: torch.device, t: PretrainConfig,
+               micro: int):
+    """The validation pass: the mean metrics of the first eval_batches x micro held-out examples, under a
+    fixed corruption (step 0) so that numbers are comparable over training."""
+    val_idx = np.arange(min(len(val_data), t.eval_batches * micro))
+
+    @torch.no_grad()
+    def evaluate(step: int) -> dict:
+        model.eval()
+        sums: dict[str, float] = {}
+        n = 0
+        for i in range(0, len(val_idx), micro):
+            b = val_data.batch(val_idx[i:i + micro]).to(device)
+            out = model(b.input_ids, b.attention_mask, b.token_type_ids, b.example_index, step=0, seed=t.seed)
+            for k, v in out.metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n += 1
+        return {f"val_{k}": round(v / n, 6) for k, v in sums.items()}
+
+    return evaluate
