@@ -49,9 +49,9 @@ def capped(path: Path, limit: int, out: Path) -> Path:
     return out
 
 
-def finetune(src: list[str], task: str, train: Path, dev: Path, out: Path, flags: list[str]) -> dict:
+def finetune(src: list[str], task: str, train: Path, dev: Path, out: Path, flags: list[str], threads: int) -> dict:
     cmd = [sys.executable, "-m", "electra", "finetune", "--task", task, *src, "--train", str(train),
-           "--dev", str(dev), "--out", str(out), "--overwrite", *flags]
+           "--dev", str(dev), "--out", str(out), "--overwrite", "--threads", str(threads), *flags]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -59,6 +59,30 @@ def finetune(src: list[str], task: str, train: Path, dev: Path, out: Path, flags
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def pending_runs(args, results: dict, common: list[str], model_dir: Path, tokenizer: str, results_path: Path,
+                 data: Path) -> list[tuple]:
+    """The runs not in results yet: (task name, seed, arm, command-line source, task, train, dev, flags)."""
+    pending = []
+    for name, task, train, dev, flags, metric in TASKS[args.lang]:
+        if args.only and name not in args.only:
+            continue
+        train_path = data / train
+        if task in ("classification", "regression"):
+            train_path = capped(train_path, args.max_train, args.out / f"{name}-train{train_path.suffix}")
+        row = results.setdefault(name, {"task": task, "metric": metric, "settings": common + flags, "runs": {}})
+        if row["settings"] != common + flags:
+            raise SystemExit(f"{results_path} has {name} run with {' '.join(row['settings'])}; these settings "
+                             f"are {' '.join(common + flags)}: pass the same ones, or another --out")
+        for seed in args.seeds:
+            runs = row["runs"].setdefault(str(seed), {})
+            for arm, src in (("pretrained", ["--model", str(model_dir)]),
+                             ("scratch", ["--model", args.size, "--tokenizer", tokenizer])):
+                if arm not in runs:
+                    pending.append((name, seed, arm, src, task, train_path, data / dev, common + flags))
+
+    return pending
 
 
 def main() -> None:
@@ -105,28 +129,18 @@ def main() -> None:
     if before != arms:
         changed = ", ".join(f"{k} {before[k]} -> {arms[k]}" for k in arms if before[k] != arms[k])
         raise SystemExit(f"{results_path} holds runs of other arms ({changed}); pass another --out")
-    pending = []  # (task name, seed, arm, command-line source, task, train, dev, flags)
-    for name, task, train, dev, flags, metric in TASKS[args.lang]:
-        if args.only and name not in args.only:
-            continue
-        train_path = DATA / train
-        if task in ("classification", "regression"):
-            train_path = capped(train_path, args.max_train, args.out / f"{name}-train{train_path.suffix}")
-        row = results.setdefault(name, {"task": task, "metric": metric, "settings": common + flags, "runs": {}})
-        if row["settings"] != common + flags:
-            raise SystemExit(f"{results_path} has {name} run with {' '.join(row['settings'])}; these settings "
-                             f"are {' '.join(common + flags)}: pass the same ones, or another --out")
-        for seed in args.seeds:
-            runs = row["runs"].setdefault(str(seed), {})
-            for arm, src in (("pretrained", ["--model", str(model_dir)]),
-                             ("scratch", ["--model", args.size, "--tokenizer", tokenizer])):
-                if arm not in runs:
-                    pending.append((name, seed, arm, src, task, train_path, DATA / dev, common + flags))
+    pending = pending_runs(args, results, common, model_dir, tokenizer, results_path, DATA)
+
+    from electra.runtime import usable_cpus
+
+    # side by side, each run gets its share of the CPUs: OpenMP threads without a free core make a
+    # step many times slower (BENCHMARKS.md, "Threads")
+    threads = max(1, usable_cpus() // max(1, args.jobs))
 
     def run(job):
         name, seed, arm, src, task, train_path, dev_path, flags = job
         slug = f"{name.lower().replace(' ', '-')}-{arm}-seed{seed}"
-        return finetune(src, task, train_path, dev_path, args.out / slug, flags + ["--seed", str(seed)])
+        return finetune(src, task, train_path, dev_path, args.out / slug, flags + ["--seed", str(seed)], threads)
 
     # results are recorded by this thread only, as runs finish, so an interrupted suite keeps them
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:

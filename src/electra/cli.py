@@ -8,6 +8,7 @@ of each flag. A trailing underscore is dropped from flag names (`json_` -> `--js
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
 import os
 import sys
@@ -149,6 +150,16 @@ def run(commands: dict, argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one line for the user, the traceback behind --debug
         if debug:
             raise
-        print(f"electra: error: {type(e).__name__}: {e} (run again with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
+        print(f"electra: error: {_one_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, PermissionError) else 1
+
+
+def _one_line(e: Exception) -> str:
+    """What an unexpected failure says: the OS's own errors in words a user acts on, others by type."""
+    if isinstance(e, PermissionError):
+        return (f"permission denied: {e.filename or e}; choose a path you can read and write (or fix its "
+                "permissions)")
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return (f"no space left on the device writing {e.filename or 'the output'}; free some space (what was "
+                "already saved is kept)")
+    return f"{type(e).__name__}: {e} (run again with --debug for the traceback)"

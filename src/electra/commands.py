@@ -23,12 +23,13 @@ def detect(text: str, *, model: str, json_: bool = False, threshold: float = 0.5
         json_: print one JSON object {"tokens": [...], "replaced_prob": [...]} instead of a table
         threshold: probability above which a piece is highlighted as likely replaced
     """
-    from electra.inference import detect_replaced
+    from electra.display import print_detection, say_truncated
+    from electra.inference import detect as run_detect
     from electra.pretrained import load_pretrained
 
-    from electra.display import print_detection
-
-    tokens, probs = detect_replaced(load_pretrained(model), text)
+    result = run_detect(load_pretrained(model), [text])[0]
+    say_truncated(result)
+    tokens, probs = result["tokens"], result["replaced_prob"]
     if json_:
         print(json.dumps({"tokens": tokens, "replaced_prob": [round(p, 6) for p in probs]}, ensure_ascii=False))
     else:
@@ -52,33 +53,45 @@ def fill_mask(text: str, *, model: str, top_k: int = 5) -> None:
     pre = load_pretrained(model)
     if pre.generator is None and (Path(model) / "generator").is_dir():
         pre = load_pretrained(Path(model) / "generator")  # an `electra export` output directory
-    tokens, predictions = run_fill_mask(pre, text, top_k)
-    for n, pred in enumerate(predictions, 1):
-        best = ", ".join(f"{t} ({p:.3f})" for t, p in pred.candidates)
-        print(f"[MASK] #{n} (piece {pred.position}): {best}")
-    filled = list(tokens)
-    for pred in predictions:
-        filled[pred.position] = pred.candidates[0][0]
-    from electra.display import join_pieces
+    from electra.display import join_pieces, say_truncated
 
+    result = run_fill_mask(pre, [text], top_k)[0]
+    say_truncated(result)
+    filled = list(result["tokens"])
+    for n, m in enumerate(result["masks"], 1):
+        best = ", ".join(f"{c['token']} ({c['score']:.3f})" for c in m["candidates"])
+        print(f"[MASK] #{n} (piece {m['position']}): {best}")
+        filled[m["position"]] = m["candidates"][0]["token"]
     print("best fill: " + join_pieces(filled))
 
 
-def export(*, model: str, out: Path, overwrite: bool = False) -> None:
-    """Export a model in Hugging Face format: OUT/discriminator/ and OUT/generator/ (whichever it has).
+@computes
+def export(*, model: str, out: Path, format: Literal["hf", "onnx"] = "hf", overwrite: bool = False) -> None:
+    """Export a model in Hugging Face format (OUT/discriminator/ and OUT/generator/, whichever it has), or as ONNX.
 
-    Each is loadable with ElectraForPreTraining / ElectraForMaskedLM and AutoTokenizer.from_pretrained.
-    A fine-tuned model is exported into OUT itself, loadable with AutoModelForSequenceClassification,
-    AutoModelForTokenClassification or AutoModelForQuestionAnswering.
+    Each Hugging Face directory is loadable with ElectraForPreTraining / ElectraForMaskedLM and
+    AutoTokenizer.from_pretrained. A fine-tuned model is exported into OUT itself, loadable with
+    AutoModelForSequenceClassification, AutoModelForTokenClassification or AutoModelForQuestionAnswering.
+    --format onnx writes OUT/model.onnx (dynamic batch and sequence axes; inputs input_ids,
+    attention_mask, token_type_ids; outputs logits, and last_hidden_state for a discriminator),
+    electra.json (task, labels, settings) and the tokenizer; ONNX Runtime's outputs are checked
+    against PyTorch's before it is kept. `electra predict`, `electra serve --backend onnx` and
+    electra.load run such a directory.
 
     Args:
         model: a run directory (its newest intact checkpoint is used), a checkpoint, model or fine-tuned directory
         out: the directory to write into
+        format: hf (Hugging Face transformers) or onnx (ONNX Runtime)
         overwrite: replace an earlier export in OUT
     """
     from electra.finetune.load import export_finetuned, is_finetuned
     from electra.pretrained import export_hf, load_pretrained
 
+    if format == "onnx":
+        from electra.onnx_export import export_onnx
+
+        print(f"wrote {export_onnx(model, out, overwrite) / 'model.onnx'}")
+        return
     if is_finetuned(model):
         print(f"wrote {export_finetuned(model, out, overwrite)}")
         return
@@ -87,32 +100,46 @@ def export(*, model: str, out: Path, overwrite: bool = False) -> None:
 
 
 def tokenizer_train(*, corpus: list[str], vocab_size: int = 30522, out: Path, cased: bool = False,
-                    min_frequency: int = 2, text_field: str = "text") -> None:
+                    min_frequency: int = 2, text_field: str = "text", overwrite: bool = False) -> None:
     """Train a WordPiece vocabulary on a corpus (Hugging Face `tokenizers`, BERT-style normalisation).
 
     Lower-cases and strips accents unless --cased; Chinese, Japanese and Korean characters become
-    single characters. Writes tokenizer.json and vocab.txt (loadable by AutoTokenizer) into OUT.
+    single characters. Writes tokenizer.json and vocab.txt (loadable by AutoTokenizer) into OUT. The
+    same corpus and settings give the same tokenizer.json, byte for byte. Undecodable lines are
+    skipped and counted; a file mostly not UTF-8 is refused, with its likely encoding.
 
     Args:
         corpus: text files (.txt, .jsonl, optionally .gz) or directories of them
-        vocab_size: number of word pieces, special tokens included
+        vocab_size: number of word pieces, special tokens included (fewer when the corpus has fewer)
         out: directory to write the tokenizer into
         cased: keep case and accents
         min_frequency: ignore pieces seen fewer times than this
         text_field: the field holding the text in .jsonl files
+        overwrite: replace the tokenizer files in OUT (a tokenizer, or a model's; other files stay)
     """
     from electra.data.corpus import corpus_files, iter_lines
-    from electra.data.tokenizer import save_tokenizer, train_tokenizer
+    from electra.data.tokenizer import check_out_dir, save_tokenizer, train_tokenizer
 
+    check_out_dir(out, overwrite)
     files = corpus_files(corpus)
     if min_frequency < 1:
         raise UserError(f"--min-frequency must be at least 1 (got {min_frequency})")
-    tok = train_tokenizer(iter_lines(files, text_field), vocab_size, lowercase=not cased,
-                          min_frequency=min_frequency, show_progress=sys.stderr.isatty())
-    if tok.get_vocab_size() <= 5:
-        raise UserError("the corpus gave no vocabulary; is it UTF-8 text?")
+    lines = iter_lines(files, text_field)
+    tok = train_tokenizer(lines, vocab_size, lowercase=not cased, min_frequency=min_frequency,
+                          show_progress=sys.stderr.isatty())
+    n = tok.get_vocab_size()
+    if n <= 5:
+        raise UserError(f"the corpus gave no vocabulary ({lines.stats.lines:,} lines read, "
+                        f"{lines.stats.skipped()}); is it UTF-8 text?")
     save_tokenizer(tok, out, lowercase=not cased)
-    print(f"wrote {out}/tokenizer.json and vocab.txt ({tok.get_vocab_size()} tokens)")
+    print(f"wrote {out}/tokenizer.json and vocab.txt ({n:,} tokens) from {lines.stats.lines:,} lines; "
+          f"{lines.stats.skipped()}")
+    if n < vocab_size:  # the trainer stops early without a word, and the model's size follows the vocabulary
+        why = (f"no more pieces occur at least {min_frequency} times (--min-frequency) in this corpus; "
+               "lower --min-frequency or add text" if min_frequency > 1
+               else "every word of this corpus is already one piece; add text")
+        print(f"electra: note: the vocabulary has {n:,} pieces, not the {vocab_size:,} asked for: {why}",
+              file=sys.stderr)
 
 
 def prepare(*, corpus: list[str], tokenizer: Path, out: Path, seq_len: int = 128, workers: int = 0, seed: int = 0,
@@ -123,7 +150,7 @@ def prepare(*, corpus: list[str], tokenizer: Path, out: Path, seq_len: int = 128
     Reads plain text (one paragraph or sentence per line, a blank line between documents) and .jsonl
     with a text field, gzip-compressed or not; directories expand to their files. Examples are built as
     the official ELECTRA code does ([CLS] A [SEP] B [SEP], segments from one document). Undecodable
-    lines are skipped and counted.
+    lines are skipped and counted; a file mostly not UTF-8 is refused, with its likely encoding.
 
     Args:
         corpus: text files or directories
@@ -137,6 +164,7 @@ def prepare(*, corpus: list[str], tokenizer: Path, out: Path, seq_len: int = 128
         split_sentences: split paragraph lines into sentences before packing
         overwrite: replace an existing prepared directory at OUT
     """
+    from electra.data.corpus import ReadStats
     from electra.data.prepare import prepare as run_prepare
 
     if workers < 0:
@@ -145,9 +173,10 @@ def prepare(*, corpus: list[str], tokenizer: Path, out: Path, seq_len: int = 128
                     text_field=text_field, split_sentences=split_sentences, overwrite=overwrite,
                     progress=sys.stderr.isatty())
     c = m["corpus"]
+    skipped = ReadStats(skipped_lines=c["skipped_lines"], undecodable_lines=c["undecodable_lines"]).skipped()
     print(f"wrote {out}: {m['train']['examples']:,} train and {m['validation']['examples']:,} validation examples "
           f"of {m['seq_len']} tokens ({m['tokens']:,} tokens) from {c['documents']:,} documents; "
-          f"{c['skipped_lines']} undecodable lines skipped; {m['mb_per_s']} MB/s")
+          f"{skipped}; {m['mb_per_s']} MB/s")
 
 
 @computes
@@ -304,8 +333,17 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, confi
 
 def _load_for(model: str, task: str | None):
     from electra.finetune.load import load_finetuned
+    from electra.onnx_export import is_onnx_dir, load_onnx
     from electra.runtime import pick_device
 
+    if is_onnx_dir(Path(model)):
+        ft = load_onnx(Path(model))
+        if not hasattr(ft, "task"):
+            raise UserError(f"{model} is an exported discriminator, not a fine-tuned model")
+        if task is not None and task != ft.task.name:
+            raise UserError(f"{model} was fine-tuned for {ft.task.name}, not {task}")
+        import torch
+        return ft, torch.device("cpu")
     ft = load_finetuned(model, task)
     device = pick_device()
     ft.model.to(device)
@@ -363,44 +401,56 @@ def evaluate(*, model: str, data: Path, task: Task | None = None, text_columns: 
 
 @computes
 def predict(*, model: str, input: Path, output: Path, task: Task | None = None, text_columns: str | None = None,
-            no_header: bool = False, batch_size: int = 64, n_best: int = 1, compile: bool = False) -> None:
+            no_header: bool = False, batch_size: int = 64, n_best: int = 1, top_k: int | None = None,
+            compile: bool = False) -> None:
     """Run a fine-tuned model on a file and write one JSON object per example, in input order.
 
-    Each object has "prediction": the label as written in the training data (classification), a
-    number (regression), one BIO tag per input word (ner), or the answer text (qa, with the
-    question's "id"). The input may carry labels; they are ignored.
+    Each object has "prediction", and its probabilities as transformers pipelines give them:
+    classification: the label as written in the training data, "score" (its probability) and
+    "scores" ({label: probability}, most likely first); regression: a number; ner: one BIO tag per
+    input word, "scores" (each word's probability of its tag; null for words past --max-seq-len)
+    and "entities" ([{"type", "start_word", "end_word" (exclusive), "text", "score" (the mean of its
+    words' scores)}]); qa: the answer text with the question's "id", "score" (its probability) and
+    "start"/"end", its characters in the context (0, 0 for no answer). The input may carry labels;
+    they are ignored.
+
+    NER input is CoNLL columns (one word per line, the word first, a blank line between sentences),
+    JSON lines ({"tokens": [...]}), or plain text: one sentence per line, words separated by spaces
+    (blank lines skipped). A file without tabs is plain text when its lines hold different numbers
+    of words, or when no blank line separates sentences and its last column is not tags.
+
+    The output may not be the input (nor a link to it), a directory, or in a directory that does not
+    exist or cannot be written: these are refused before the model runs.
 
     Args:
         model: a fine-tuned directory
-        input: a file in the training data's format (labels optional)
+        input: a file in the training data's format (labels optional); for ner also plain text
         output: the JSON lines file to write
         task: check that the model was fine-tuned for this task
         text_columns: override the remembered text column(s)
         no_header: the table has no header row
         batch_size: examples per forward pass
-        n_best: qa: also list the N best answers with their scores under "n_best"
+        n_best: qa: also list the N best answers with their scores (start+end logits) under "n_best"
+        top_k: classification: keep only the K most likely labels in "scores" (default: all)
         compile: torch.compile the model first, weights frozen (15-40 s for small on 2 CPU cores; pays
             off from a few thousand examples)
     """
-    from electra.finetune.predict import predict_examples, write_jsonl_atomic
+    from electra.finetune.predict import check_output, describe_examples, write_jsonl_atomic
 
     if n_best <= 0:
         raise UserError(f"--n-best must be positive (got {n_best})")
+    if top_k is not None and top_k <= 0:
+        raise UserError(f"--top-k must be positive (got {top_k})")
+    check_output(output, input)
     ft, device = _load_for(model, task)
+    if top_k is not None and ft.task.name != "classification":
+        raise UserError(f"--top-k keeps the most likely labels of a classification model; {model} does "
+                        f"{ft.task.name}: leave --top-k out")
     flags = {"text_columns": text_columns, "no_header": no_header}
     examples = ft.task.read(input, flags, training=False, labelled=False)
-    preds, truncated = predict_examples(ft, examples, device, batch_size, n_best=n_best,
+    rows, truncated = describe_examples(ft, examples, device, batch_size, n_best=n_best, top_k=top_k,
                                         progress=sys.stderr.isatty(), compile_=compile)
     _say_truncated(truncated, len(examples), ft.max_seq_len)
-    rows = []
-    for ex, p in zip(examples, preds):
-        if ft.task.name == "qa":
-            row = {"id": ex.id, "prediction": (p[0][1] if p else "") if n_best > 1 else p}
-            if n_best > 1:
-                row["n_best"] = [{"text": t, "score": round(sc, 4)} for sc, t in p]
-        else:
-            row = {"prediction": p}
-        rows.append(row)
     write_jsonl_atomic(output, rows)
     print(f"wrote {len(rows):,} predictions to {output}", file=sys.stderr)
 
@@ -500,6 +550,50 @@ def bench_infer(*, model: str = "small", data: Path | None = None, batch_size: i
     _bench("infer", model, batch_size, seq_len, 1, 1, rounds, precision, compare, json_, data, compile)
 
 
+@computes
+def serve(*, model: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 64,
+          max_wait_ms: float = 5.0, max_queue: int = 1024, backend: Literal["torch", "onnx"] = "torch") -> None:
+    """Serve a model over HTTP (JSON) with dynamic batching, Prometheus metrics and a page to try it.
+
+    POST /v1/predict {"inputs": [...]} for a fine-tuned model (texts, [text_a, text_b] pairs, or
+    {"question", "context"} objects; "top_k" for classification); POST /v1/detect, /v1/fill-mask
+    ("top_k") and /v1/embed ("pooling": mean or cls) for a pretrained one. Answers {"outputs": [...]}
+    in the shapes `electra predict` writes. GET /health, GET /metrics (Prometheus), GET / (a page).
+    Concurrent requests are batched up to --max-batch-size inputs or --max-wait-ms, whichever comes
+    first; the model runs off the event loop. Malformed requests get 400, too large ones 413 (1 MB
+    bodies, 256 inputs, 20,000 characters an input), a full queue 503 with Retry-After; a failing
+    batch fails its own requests only (500). SIGTERM or Ctrl-C stop accepting, finish what is in
+    flight, and exit 0.
+
+    Args:
+        model: anything --model accepts elsewhere, or an `electra export --format onnx` directory
+        host: the address to listen on (127.0.0.1: this machine only)
+        port: the TCP port
+        max_batch_size: most inputs the model runs at once
+        max_wait_ms: how long the first request of a batch waits for others
+        max_queue: most inputs waiting; beyond, requests get 503
+        backend: torch, or onnx (ONNX Runtime; a model that is no ONNX export is exported to MODEL-onnx/ first)
+    """
+    import socket
+
+    from electra.serve.app import Limits, create_app, run_server
+    from electra.serve.backends import load_backend
+
+    if max_batch_size <= 0 or max_wait_ms < 0 or max_queue <= 0 or not 0 < port < 65536:
+        raise UserError("--max-batch-size and --max-queue must be positive, --max-wait-ms >= 0, --port in 1-65535")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # before the model loads
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port or --host") from None
+    loaded = load_backend(model, backend)
+    app = create_app(loaded, max_batch_size, max_wait_ms, Limits(max_queue=max_queue))
+    print(f"electra: serving {model} ({', '.join(loaded.endpoints)}; {backend}) on http://{host}:{port}/",
+          file=sys.stderr, flush=True)
+    run_server(app, host, port)
+
+
 COMMANDS: dict = {
     "demo": demo,
     "tokenizer": {"train": tokenizer_train},
@@ -511,5 +605,6 @@ COMMANDS: dict = {
     "finetune": finetune,
     "evaluate": evaluate,
     "predict": predict,
+    "serve": serve,
     "bench": {"pretrain": bench_pretrain, "finetune": bench_finetune, "infer": bench_infer},
 }

@@ -52,7 +52,7 @@ def run_demo(out: Path, steps: int, batch_size: int, lr: float, progress: bool) 
     from electra.data.prepare import prepare
     from electra.data.tokenizer import save_tokenizer, train_tokenizer
     from electra.evaluation import replaced_token_auc
-    from electra.inference import detect_replaced, fill_mask
+    from electra.inference import detect, fill_mask
     from electra.pretrained import export_hf, load_pretrained
     from electra.train.pretrain import pretrain
 
@@ -82,7 +82,8 @@ def run_demo(out: Path, steps: int, batch_size: int, lr: float, progress: bool) 
           "      it finds most suspicious (p(replaced) over twice the sentence's median)\n")
     gaps = []
     for original, corrupted in CORRUPTED:
-        tokens, probs = detect_replaced(pre, corrupted)
+        result = detect(pre, [corrupted])[0]
+        tokens, probs = result["tokens"], result["replaced_prob"]
         swapped = _swapped_pieces(pre.tokenizer.encode(original, add_special_tokens=False).tokens, tokens)
         median = sorted(probs)[len(probs) // 2]
         print("   ", end="")
@@ -100,8 +101,8 @@ def run_demo(out: Path, steps: int, batch_size: int, lr: float, progress: bool) 
           f"original tokens with ROC AUC {auc['auc']:.3f} (0.5 = chance).\n")
     print("The generator (a small masked language model) filling masks:")
     for text in FILL_MASK:
-        _, preds = fill_mask(pre, text, top_k=5)
-        best = ", ".join(f"{t} ({p:.2f})" for t, p in preds[0].candidates)
+        first = fill_mask(pre, [text], top_k=5)[0]["masks"][0]
+        best = ", ".join(f"{c['token']} ({c['score']:.2f})" for c in first["candidates"])
         print(f"   {text}\n      -> {best}")
     print(f"\nCurves: {run / 'curves.png'}   metrics: {run / 'metrics.jsonl'}")
     print(f"Hugging Face export: {out / 'export'}/discriminator and /generator "

@@ -24,6 +24,14 @@ def join_pieces(pieces: list[str], raw: list[str] | None = None) -> str:
     return out
 
 
+def say_truncated(result: dict) -> None:
+    """A note on stderr when a text was longer than the model reads."""
+    if result.get("truncated"):
+        kept = len(result["tokens"])
+        print(f"electra: the text has {kept + result['truncated']} word pieces and the model reads {kept} at a time "
+              f"(its positions less [CLS] and [SEP]); the last {result['truncated']} were not read", file=sys.stderr)
+
+
 def _highlight(token: str, on: bool) -> str:
     return f"\033[1;31m{token}\033[0m" if on else f"[{token}]"
 

@@ -105,6 +105,10 @@ def load_pretrained(src: str | Path) -> Pretrained:
 
 def _load_ours(directory: Path) -> Pretrained:
     meta = read_json(directory / ELECTRA_JSON, "model config")
+    if meta.get("kind") == "finetuned":
+        raise UserError(f"{directory} is a model fine-tuned for {meta.get('task', 'a task')}, not a pretrained "
+                        "ELECTRA; use it with `electra predict` or `electra evaluate`, and give `detect`, "
+                        "`fill-mask` or `export` of networks a pretraining run or its export")
     try:
         cfg = ElectraConfig.from_dict(meta["model"])
     except (KeyError, TypeError) as e:

@@ -103,6 +103,19 @@ def warn_if_busy(threads: int) -> None:
               "threads; if it runs slowly, give it its share with --threads", file=sys.stderr)
 
 
+def out_of_memory(e: BaseException) -> str | None:
+    """The first line of an out-of-memory error (GPU or CPU allocator), or None for any other error."""
+    import torch
+
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return text
+    if isinstance(e, RuntimeError) and any(s in str(e) for s in ("can't allocate memory", "not enough memory",
+                                                                 "out of memory")):
+        return text
+    return None
+
+
 def pick_device(precision: str = "fp32"):
     """The GPU when there is one, else the CPU; refuses a precision the device lacks."""
     import torch

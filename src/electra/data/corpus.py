@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|(?<=[。！？�
 
 
 def corpus_files(paths: list[str | Path]) -> list[Path]:
-    """Expand directories (recursively, sorted), and check every file exists and is not binary."""
+    """Expand directories (recursively, sorted), and check every file exists and reads as text."""
     files: list[Path] = []
     for raw in paths:
         p = Path(raw).expanduser()
@@ -45,17 +46,107 @@ def corpus_files(paths: list[str | Path]) -> list[Path]:
     return files
 
 
+# Compressed formats we do not read, by their first bytes: named, so that a `.bz2` renamed `.gz`
+# gets "decompress it" rather than "looks binary".
+_OTHER_FORMATS = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip",
+                  b"7z\xbc\xaf\x27\x1c": "7z"}
+# Errors of a gzip stream cut short or damaged (gzip.BadGzipFile is an OSError).
+_GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
 def _check_text_file(path: Path) -> None:
+    """Fail early, with what to do, on what reading would otherwise skip line by line or crash on."""
     if path.stat().st_size == 0:
         raise UserError(f"corpus file {path} is empty")
     raw, stream = _open_binary(path)
+    head = b""  # the first 8 KiB, read by lines to tell where a cut gzip stream ends
     with raw, stream:
         try:
-            head = stream.read(8192)
-        except (OSError, EOFError) as e:
-            raise UserError(f"corpus file {path} cannot be read ({e}); is the gzip file complete?") from None
-    if b"\x00" in head:
+            while len(head) < 8192 and (line := stream.readline(8192 - len(head))):
+                head += line
+        except _GZIP_ERRORS:
+            raise _truncated(path, head.count(b"\n") + 1) from None
+    whole = len(head) < 8192
+    fmt = next((name for magic, name in _OTHER_FORMATS.items() if head.startswith(magic)), None)
+    if fmt:
+        raise UserError(f"corpus file {path} is {fmt}-compressed, not gzip or text; decompress it first "
+                        "(or compress it with gzip)")
+    if b"\x00" in head or head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        guess = guess_encoding(head)
+        if guess and guess[0].startswith("UTF-16"):
+            raise UserError(f"corpus file {path} is not UTF-8 text; {encoding_hint(head)}")
         raise UserError(f"corpus file {path} looks binary (it contains NUL bytes); pass UTF-8 text or .jsonl")
+    if whole and not head.strip():
+        raise UserError(f"corpus file {path} has no text (only blank lines)")
+    lines = head.split(b"\n") if whole else head.split(b"\n")[:-1]  # the last may be cut mid-character
+    lines = [line for line in lines if line.strip()]
+    bad = [line for line in lines if not _decodes_as(line)]
+    if len(bad) * 2 > len(lines):
+        raise _not_utf8(path, len(bad), len(lines), b"\n".join(bad), first=not whole)
+
+
+def _decodes_as(data: bytes, encoding: str = "utf-8") -> bool:
+    try:
+        data.decode(encoding)
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _truncated(path: Path, line: int) -> UserError:
+    return UserError(f"corpus file {path} is truncated or corrupt (gzip stream ended at line {line:,}); "
+                     "download or compress it again, or leave it out of --corpus")
+
+
+def _not_utf8(path: Path, bad: int, lines: int, sample: bytes, first: bool = False) -> UserError:
+    which = f"first {lines:,}" if first else f"{lines:,}"
+    return UserError(f"corpus file {path} is not UTF-8 text ({bad:,} of its {which} non-empty lines cannot be "
+                     f"decoded); {encoding_hint(sample)}")
+
+
+def guess_encoding(data: bytes) -> tuple[str, str] | None:
+    """What undecodable bytes look like: (a name for people, iconv's name), or None when unsure.
+
+    Told apart by the shape of the bytes only (no dependency, no statistics over languages), for the
+    encodings text is commonly found in: UTF-16 (a byte-order mark, or a NUL beside most ASCII
+    characters), Windows-1252/Latin-1 (printable text, mostly ASCII, its few high bytes mostly alone:
+    accented letters, curly quotes), GBK/GB18030 (high bytes in pairs that decode, strictly, to mostly
+    Chinese, and not as Shift-JIS, whose kana GBK would read as Chinese too). Naming no encoding is
+    better than naming a wrong one: converting from it would garble the text.
+    """
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16", "UTF-16"
+    sample = data[:1 << 16]
+    if len(data) > len(sample):
+        sample = sample[:sample.rfind(b"\n") + 1] or sample  # whole lines, not cut mid-character
+    half = max(1, len(sample) // 2)
+    zeros = sample[0::2].count(0) / half, sample[1::2].count(0) / half
+    if max(zeros) > 0.5 and min(zeros) < 0.05:  # ASCII in UTF-16: a NUL in every other byte, only there
+        return ("UTF-16LE", "UTF-16LE") if zeros[1] > zeros[0] else ("UTF-16BE", "UTF-16BE")
+    runs = [len(m) for m in re.findall(rb"[\x80-\xff]+", sample)]
+    if not runs:
+        return None
+    printable = not re.search(rb"[\x00-\x08\x0b\x0e-\x1f]", sample)
+    if printable and sum(runs) * 3 < len(sample) and sum(n == 1 for n in runs) * 2 > len(runs):
+        return "Windows-1252 or Latin-1", "CP1252"
+    try:
+        text = sample.decode("gb18030")
+    except UnicodeDecodeError:
+        return None
+    if _decodes_as(sample, "shift_jis"):
+        return None
+    wide = [c for c in text if ord(c) > 0x7f]
+    chinese = sum("\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" or "\u3000" <= c <= "\u303f"
+                  or "\uff00" <= c <= "\uffef" or "\u2000" <= c <= "\u206f" for c in wide)
+    return ("GBK/GB18030", "GB18030") if chinese * 10 >= len(wide) * 9 else None
+
+
+def encoding_hint(data: bytes) -> str:
+    """How to convert bytes that are not UTF-8, naming their encoding only when the bytes show it."""
+    guess = guess_encoding(data)
+    if guess is None:
+        return "convert it to UTF-8 (e.g. with iconv -f ITS-ENCODING -t UTF-8)"
+    return f"it looks like {guess[0]}: convert it with iconv -f {guess[1]} -t UTF-8"
 
 
 def _open_binary(path: Path):
@@ -78,45 +169,67 @@ class ReadStats:
     lines: int = 0
     documents: int = 0
     skipped_lines: int = 0  # not UTF-8 or not a JSON object with the text field
+    undecodable_lines: int = 0  # of which not UTF-8
     skipped_examples: dict = field(default_factory=dict)
+
+    def skipped(self) -> str:
+        """What was skipped, for the commands' last line: skipping is never silent."""
+        other = self.skipped_lines - self.undecodable_lines
+        return (f"{self.undecodable_lines:,} undecodable lines skipped"
+                + (f", and {other:,} JSON lines without the text field" if other else ""))
 
 
 def read_documents(files: list[Path], stats: ReadStats, text_field: str = "text") -> Iterator[list[str]]:
-    """Yield documents as lists of non-empty lines. Undecodable lines are counted and skipped."""
+    """Yield documents as lists of non-empty lines. Undecodable lines are counted and skipped; a file
+    mostly undecodable stops everything (one skipped line is noise, a whole file lost is a mistake)."""
     for path in files:
         stats.files += 1
         raw, stream = _open_binary(path)
         jsonl = _is_jsonl(path)
         doc: list[str] = []
         done = 0
+        lines = nonempty = bad = 0
+        bad_sample = bytearray()  # some undecodable lines, to tell what encoding they look like
         with raw, stream:
-            for bline in stream:
-                stats.lines += 1
-                try:
-                    line = bline.decode("utf-8")
-                except UnicodeDecodeError:
-                    stats.skipped_lines += 1
-                    continue
-                if jsonl:
-                    text = _json_text(line, text_field)
-                    if text is None:
-                        stats.skipped_lines += 1 if line.strip() else 0
+            try:
+                for bline in stream:
+                    stats.lines += 1
+                    lines += 1
+                    if bline.strip():
+                        nonempty += 1
+                    try:
+                        line = bline.decode("utf-8")
+                    except UnicodeDecodeError:
+                        stats.skipped_lines += 1
+                        stats.undecodable_lines += 1
+                        bad += 1
+                        if len(bad_sample) < 1 << 16:
+                            bad_sample += bline
                         continue
-                    paragraphs = [s.strip() for s in text.split("\n") if s.strip()]
-                    if paragraphs:
-                        stats.documents += 1
-                        yield paragraphs
-                else:
-                    line = line.strip()
-                    if line:
-                        doc.append(line)
-                    elif doc:
-                        stats.documents += 1
-                        yield doc
-                        doc = []
-                pos = raw.tell()
-                stats.bytes += pos - done
-                done = pos
+                    if jsonl:
+                        text = _json_text(line, text_field)
+                        if text is None:
+                            stats.skipped_lines += 1 if line.strip() else 0
+                            continue
+                        paragraphs = [s.strip() for s in text.split("\n") if s.strip()]
+                        if paragraphs:
+                            stats.documents += 1
+                            yield paragraphs
+                    else:
+                        line = line.strip()
+                        if line:
+                            doc.append(line)
+                        elif doc:
+                            stats.documents += 1
+                            yield doc
+                            doc = []
+                    pos = raw.tell()
+                    stats.bytes += pos - done
+                    done = pos
+            except _GZIP_ERRORS:  # a gzip stream cut short or damaged
+                raise _truncated(path, lines + 1) from None
+        if bad * 2 > nonempty:
+            raise _not_utf8(path, bad, nonempty, bytes(bad_sample))
         if doc:
             stats.documents += 1
             yield doc
@@ -133,11 +246,22 @@ def _json_text(line: str, text_field: str) -> str | None:
     return text if isinstance(text, str) else None
 
 
-def iter_lines(files: list[Path], text_field: str = "text") -> Iterator[str]:
-    """Every non-empty line of every document (for tokenizer training)."""
-    stats = ReadStats()
-    for doc in read_documents(files, stats, text_field):
-        yield from doc
+class Lines:
+    """Every non-empty line of every document (for tokenizer training), as often as iterated:
+    training reads the corpus twice (see tokenizer.train_tokenizer). `stats` counts the last pass."""
+
+    def __init__(self, files: list[Path], text_field: str = "text"):
+        self.files, self.text_field = files, text_field
+        self.stats = ReadStats()
+
+    def __iter__(self) -> Iterator[str]:
+        self.stats = ReadStats()
+        for doc in read_documents(self.files, self.stats, self.text_field):
+            yield from doc
+
+
+def iter_lines(files: list[Path], text_field: str = "text") -> Lines:
+    return Lines(files, text_field)
 
 
 def split_sentences(paragraph: str) -> list[str]:

@@ -74,7 +74,7 @@ def prepare(corpus: list[str | Path], tokenizer_dir: Path, out: Path, seq_len: i
         w.close()
     if writers["train"].total == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"the corpus gave no examples ({stats.lines} lines read, {stats.skipped_lines} skipped); "
+        raise UserError(f"the corpus gave no examples ({stats.lines:,} lines read, {stats.skipped()}); "
                         "is it UTF-8 text with one paragraph per line?")
     for name in TOKENIZER_FILES:
         if (Path(tokenizer_dir) / name).is_file():
@@ -89,7 +89,8 @@ def prepare(corpus: list[str | Path], tokenizer_dir: Path, out: Path, seq_len: i
         "validation": {"shards": writers["validation"].shards, "examples": writers["validation"].total},
         "tokens": n_tokens,
         "corpus": {"files": [str(f) for f in files], "bytes": total_bytes, "documents": stats.documents,
-                   "lines": stats.lines, "skipped_lines": stats.skipped_lines},
+                   "lines": stats.lines, "skipped_lines": stats.skipped_lines,
+                   "undecodable_lines": stats.undecodable_lines},
         "settings": {"seed": seed, "val_every": val_every, "split_sentences": split_sentences,
                      "text_field": text_field, "workers": workers},
         "seconds": round(seconds, 2), "mb_per_s": round(total_bytes / 1e6 / max(seconds, 1e-9), 2),

@@ -18,6 +18,7 @@ from electra.config import SpecialIds
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+MODEL_FILES = ("electra.json", "config.json", "model.safetensors", "pytorch_model.bin")
 
 
 def _bert_pipeline(tok: Tokenizer, lowercase: bool) -> Tokenizer:
@@ -38,15 +39,69 @@ def _add_post_processor(tok: Tokenizer) -> None:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, *, lowercase: bool = True,
                     min_frequency: int = 2, show_progress: bool = True) -> Tokenizer:
+    """A WordPiece vocabulary of at most vocab_size pieces; the same texts and settings give the same
+    tokenizer.json, byte for byte.
+
+    `texts` is read twice (see _continuing_pieces): pass a list or a re-iterable such as
+    corpus.iter_lines(...); a one-shot iterator is held in memory.
+    """
     if vocab_size < len(SPECIAL_TOKENS) + 100:
         raise UserError(f"--vocab-size {vocab_size} is too small; use at least {len(SPECIAL_TOKENS) + 100} "
                         "(30522 is BERT's)")
+    if iter(texts) is texts:
+        texts = list(texts)
     tok = _bert_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]")), lowercase)
+    pinned = _continuing_pieces(tok, texts)
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=SPECIAL_TOKENS, show_progress=show_progress)
+                                        special_tokens=SPECIAL_TOKENS + pinned, show_progress=show_progress)
     tok.train_from_iterator(texts, trainer)
+    # The pinned pieces are ordinary pieces, not special tokens: rebuild with the five specials only,
+    # numbered as the trainer numbers pieces (specials, characters, ##characters, then merges in order).
+    vocab = tok.get_vocab()
+    order = sorted(vocab, key=vocab.__getitem__)[len(SPECIAL_TOKENS) + len(pinned):]
+    order = SPECIAL_TOKENS + [t for t in order if len(t) == 1] + pinned + [t for t in order if len(t) > 1]
+    tok = _bert_pipeline(Tokenizer(models.WordPiece({t: i for i, t in enumerate(order)}, unk_token="[UNK]")),
+                         lowercase)
+    tok.add_special_tokens(SPECIAL_TOKENS)
     _add_post_processor(tok)
     return tok
+
+
+def _continuing_pieces(tok: Tokenizer, texts: Iterable[str]) -> list[str]:
+    """`##c` for every character c of the texts that can continue a word, sorted.
+
+    Why: the trainer numbers these pieces as it meets them in a hash map, whose order differs in
+    every process, and breaks ties between equally frequent merges by those numbers; so the same
+    corpus gave a different vocabulary, of a different size, at every run (tokenizers 0.23,
+    huggingface/tokenizers#1794). Passed to the trainer as special tokens, they are numbered first,
+    in this order. A character met only at the start of words still gets its `##c` (harmless).
+    """
+    chars: set[str] = set()
+    for text in texts:
+        chars.update(text)
+    pieces: set[str] = set()
+    for c in chars:  # what normalisation and pre-tokenisation make of c after a letter
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str("a" + c)):
+            pieces.update("##" + x for x in word[1:])
+    return sorted(pieces)
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to write a tokenizer over another one, or beside a model whose vocabulary it would no
+    longer match (the model then fails to load with a vocabulary-size mismatch)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a directory; choose another --out")
+    if overwrite or not out.is_dir():
+        return
+    model = [f for f in MODEL_FILES if (out / f).is_file()]
+    if model:
+        raise UserError(f"{out} holds a model ({', '.join(model)}) made with its tokenizer; choose another --out, "
+                        "or pass --overwrite to replace only the tokenizer files")
+    tokenizer = [f for f in TOKENIZER_FILES[:2] if (out / f).is_file()]
+    if tokenizer:
+        raise UserError(f"{out} already holds a tokenizer ({', '.join(tokenizer)}); choose another --out, "
+                        "or pass --overwrite to replace it")
 
 
 def save_tokenizer(tok: Tokenizer, out: Path, lowercase: bool, max_length: int = 512) -> None:

@@ -126,6 +126,11 @@ def is_finetuned(src: str) -> bool:
         return False
 
 
+def is_finetuned_dir(directory: Path) -> bool:
+    """Ours (electra.json of kind "finetuned") or a Hugging Face ElectraFor{SequenceClassification,...} directory."""
+    return is_finetuned(str(directory)) or _hf_task(Path(directory)) is not None
+
+
 def export_finetuned(src: str, out: Path, overwrite: bool = False) -> Path:
     """A Hugging Face ElectraFor{SequenceClassification,TokenClassification,QuestionAnswering} directory."""
     ft = load_finetuned(src)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from electra.errors import UserError
 from electra.finetune.load import Finetuned
 from electra.finetune.tasks import collate
 from electra.model.cpu import use_cpu_kernels
@@ -56,20 +57,59 @@ def model_outputs(model: torch.nn.Module, features, batch_size: int, device: tor
     return outputs
 
 
+def _run(ft: Finetuned, examples, device: torch.device, batch_size: int, progress: bool, compile_: bool):
+    """(features, outputs per feature, how many inputs were truncated to fit)."""
+    features, truncated = ft.task.encode(examples, ft.tokenizer, ft.special, ft.max_seq_len)
+    model = CompiledForInference(ft.model) if compile_ else use_cpu_kernels(ft.model)
+    return features, model_outputs(model, features, batch_size, device, ft.special.pad, progress), truncated
+
+
 def predict_examples(ft: Finetuned, examples, device: torch.device, batch_size: int = 64, n_best: int = 1,
                      progress: bool = False, compile_: bool = False) -> tuple[list, int]:
     """One prediction per example (the task's `decode`), and how many inputs were truncated to fit."""
-    features, truncated = ft.task.encode(examples, ft.tokenizer, ft.special, ft.max_seq_len)
-    model = CompiledForInference(ft.model) if compile_ else use_cpu_kernels(ft.model)
-    outputs = model_outputs(model, features, batch_size, device, ft.special.pad, progress)
+    features, outputs, truncated = _run(ft, examples, device, batch_size, progress, compile_)
     if ft.task.name == "qa":
         return ft.task.decode(examples, features, outputs, n_best=n_best), truncated
     return ft.task.decode(examples, features, outputs), truncated
 
 
+def describe_examples(ft: Finetuned, examples, device: torch.device, batch_size: int = 64, n_best: int = 1,
+                      top_k: int | None = None, progress: bool = False,
+                      compile_: bool = False) -> tuple[list[dict], int]:
+    """One JSON-ready row per example (the task's `describe`: the prediction `decode` makes, with its
+    probabilities, entities or answer offsets), and how many inputs were truncated to fit."""
+    features, outputs, truncated = _run(ft, examples, device, batch_size, progress, compile_)
+    return ft.task.describe(examples, features, outputs, n_best=n_best, top_k=top_k), truncated
+
+
+def check_output(output: Path, input: Path) -> None:
+    """Refuse, before any work, an output that would replace the input or cannot be written: found
+    out after the model has run, the work is lost (and with the input as output, the input too)."""
+    output, input = Path(output), Path(input)
+    if output.is_dir():
+        raise UserError(f"--output {output} is a directory; give a file name, e.g. {output / 'predictions.jsonl'}")
+    same = output.resolve() == input.resolve()
+    if not same and output.exists() and input.exists() and hasattr(os.path, "samefile"):
+        same = os.path.samefile(output, input)  # a hard link to the input, or a symlink resolve() missed
+    if same:
+        raise UserError(f"--output {output} is the --input file: the predictions would replace the input; "
+                        "choose another output file")
+    parent = output.parent  # where os.replace writes, even when the output is a symlink
+    if not parent.is_dir():
+        why = "is not a directory" if parent.exists() else "does not exist"
+        raise UserError(f"--output {output}: the directory {parent} {why}; create it first or choose another place")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--output {output}: the directory {parent} is not writable; choose another place")
+
+
 def write_jsonl_atomic(path: Path, rows) -> None:
+    """All rows or nothing: a temporary file renamed over `path`, removed if writing fails."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -51,9 +51,12 @@ def read_text_file(path: Path, what: str) -> str:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
+        from electra.data.corpus import encoding_hint
+
         line = data[:e.start].count(b"\n") + 1
+        start = data.rfind(b"\n", 0, e.start) + 1  # the encoding is guessed from that line on
         raise UserError(f"{path} is not UTF-8 text (undecodable bytes on line {line}); "
-                        "convert it, e.g. with iconv -f GBK -t UTF-8") from None
+                        f"{encoding_hint(data[start:])}") from None
     if not text.strip():
         raise UserError(f"{what} {path} is empty")
     return text

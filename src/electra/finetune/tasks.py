@@ -1,6 +1,8 @@
 """What differs between tasks: reading a file, turning examples into model inputs, the loss, and
-turning model outputs back into one prediction per example. Training, evaluation and prediction
-(electra.finetune.train, .predict) are the same for all four."""
+turning model outputs back into one prediction per example (`decode`, what evaluation scores) or
+one JSON-ready row with the prediction's probabilities too (`describe`, what `predict` writes and
+a Python API returns). Training, evaluation and prediction (electra.finetune.train, .predict) are
+the same for all four."""
 
 from __future__ import annotations
 
@@ -94,6 +96,32 @@ class Task:
     def num_labels(self) -> int:
         return len(self.labels) if self.labels else 1
 
+    def examples_from(self, inputs: list) -> list:
+        """Examples from Python objects (the Python API and the server): what `read` makes from a file."""
+        raise NotImplementedError
+
+    def describe(self, examples, features, outputs: list[np.ndarray], n_best: int = 1,
+                 top_k: int | None = None) -> list[dict]:
+        """One row per example: {"prediction": decode's prediction}, and per task what users of
+        transformers pipelines expect next to it (probabilities, entities, answer offsets)."""
+        return [{"prediction": p} for p in self.decode(examples, features, outputs)]
+
+
+def _as_list(inputs) -> list:
+    if not isinstance(inputs, (list, tuple)) or not inputs:
+        raise UserError("inputs must be a non-empty list")
+    return list(inputs)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _prob(p) -> float:
+    """Probabilities as written: six decimals are plenty to rank and threshold, and keep rows short."""
+    return round(float(p), 6)
+
 
 class SequenceTask(Task):
     """A text or a pair of texts -> one output; read from tables (TSV, CSV, JSONL)."""
@@ -107,6 +135,21 @@ class SequenceTask(Task):
         if training:
             self.settings["columns"] = columns.to_dict()
         self.check_labels(path, examples, training, labelled)
+        return examples
+
+    def examples_from(self, inputs: list) -> list[tables.TextExample]:
+        """A text (str) or a pair of texts (a 2-tuple or 2-list of str) per input."""
+        examples = []
+        for n, item in enumerate(_as_list(inputs)):
+            texts = (item,) if isinstance(item, str) else tuple(item) if isinstance(item, (tuple, list)) else None
+            if texts is None or not 1 <= len(texts) <= 2 or not all(isinstance(t, str) for t in texts):
+                raise UserError(f"input {n + 1} must be a text or a pair of texts (2 strings), not "
+                                f"{type(item).__name__}")
+            if not any(t.strip() for t in texts):
+                raise UserError(f"input {n + 1} is empty")
+            examples.append(tables.TextExample(texts, None))
+        if len({len(ex.texts) for ex in examples}) > 1:
+            raise UserError("mix of single texts and pairs; give all inputs the same shape")
         return examples
 
     def check_labels(self, path: Path, examples, training: bool, labelled: bool) -> None:
@@ -156,6 +199,19 @@ class ClassificationTask(SequenceTask):
 
     def decode(self, examples, features, outputs: list[np.ndarray]) -> list:
         return [self.labels[int(np.argmax(o))] for o in outputs]
+
+    def describe(self, examples, features, outputs: list[np.ndarray], n_best: int = 1,
+                 top_k: int | None = None) -> list[dict]:
+        """The label with its probability ("score") and every label's probability (softmax), most
+        likely first ("scores"); top_k keeps the k most likely."""
+        rows = []
+        for o in outputs:
+            best = int(np.argmax(o))  # decode's choice, from the logits themselves
+            p = _softmax(o)
+            order = sorted(range(len(p)), key=lambda i: (i != best, -p[i]))[:top_k]
+            rows.append({"prediction": self.labels[best], "score": _prob(p[best]),
+                         "scores": {self.labels[i]: _prob(p[i]) for i in order}})
+        return rows
 
     def gold(self, examples) -> list:
         return [ex.label for ex in examples]
@@ -212,6 +268,18 @@ class TokenTask(Task):
                                 f"the model knows {', '.join(self.labels)}")
         return sentences
 
+    def examples_from(self, inputs: list) -> list[conll.TaggedSentence]:
+        """A sentence per input: a text (split at whitespace into words) or a list of words."""
+        sentences = []
+        for n, item in enumerate(_as_list(inputs)):
+            words = item.split() if isinstance(item, str) else list(item) if isinstance(item, (list, tuple)) else None
+            if words is None or not all(isinstance(w, str) and w.strip() for w in words):
+                raise UserError(f"input {n + 1} must be a text or a list of words (non-empty strings)")
+            if not words:
+                raise UserError(f"input {n + 1} is empty")
+            sentences.append(conll.TaggedSentence(words, None, n + 1))
+        return sentences
+
     def encode(self, sentences, tok: Tokenizer, special: SpecialIds, max_len: int) -> tuple[list[Feature], int]:
         index = {t: i for i, t in enumerate(self.labels)}
         unk = tok.token_to_id("[UNK]")
@@ -247,6 +315,20 @@ class TokenTask(Task):
             preds.append(conll.to_bio(tags))  # a stray I- after O becomes B-, as seqeval would read it
         return preds
 
+    def describe(self, sentences, features, outputs: list[np.ndarray], n_best: int = 1,
+                 top_k: int | None = None) -> list[dict]:
+        """decode's tags, each word's probability of the tag the model chose ("scores"; null for words
+        cut off by --max-seq-len, which were not seen and are tagged O), and the entities those tags
+        make: type, words [start_word, end_word), text, and the mean probability of its words."""
+        rows = []
+        for s, f, o, tags in zip(sentences, features, outputs, self.decode(sentences, features, outputs)):
+            logits = o[f.extra["starts"]]
+            p = _softmax(logits)
+            scores: list[float | None] = [_prob(p[w, i]) for w, i in enumerate(logits.argmax(-1))]
+            scores += [None] * (len(s.words) - len(scores))
+            rows.append({"prediction": tags, "scores": scores, "entities": _entities(s.words, tags, scores)})
+        return rows
+
     def gold(self, sentences) -> list:
         return [s.tags for s in sentences]
 
@@ -265,6 +347,16 @@ class SpanTask(Task):
         examples, is_v2 = squad.read_squad(path, training=training)
         if training:
             self.settings["version_2"] = is_v2 or any(ex.impossible for ex in examples)
+        return examples
+
+    def examples_from(self, inputs: list) -> list[squad.QAExample]:
+        """{"question": str, "context": str} per input, optionally with an "id"."""
+        examples = []
+        for n, item in enumerate(_as_list(inputs)):
+            if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k].strip()
+                                                     for k in ("question", "context")):
+                raise UserError(f"input {n + 1} must be an object with a non-empty \"question\" and \"context\"")
+            examples.append(squad.QAExample(str(item.get("id", n)), item["question"], item["context"]))
         return examples
 
     def encode(self, examples, tok: Tokenizer, special: SpecialIds, max_len: int) -> tuple[list[Feature], int]:
@@ -319,10 +411,35 @@ class SpanTask(Task):
 
     def decode(self, examples, features, outputs: list[np.ndarray], n_best: int = 1) -> list:
         """Best span per example over its windows: start+end logit, start <= end, at most
-        max_answer_len tokens, inside the context; SQuAD 2.0 answers "" when [CLS] scores higher."""
+        max_answer_len tokens, inside the context; SQuAD 2.0 answers "" when [CLS] scores higher.
+        With n_best > 1, the n best (score, text) pairs instead of the text."""
+        preds = []
+        for ranked in self._rank(examples, features, outputs, n_best):
+            pairs = [(c.score, c.text) for c in ranked]
+            preds.append(pairs if n_best > 1 else (ranked[0].text if ranked else ""))
+        return preds
+
+    def describe(self, examples, features, outputs: list[np.ndarray], n_best: int = 1,
+                 top_k: int | None = None) -> list[dict]:
+        """decode's answer with the question's "id", its probability ("score": softmax of the start
+        times softmax of the end, over its window's context and [CLS], as transformers' QA pipeline
+        gives it) and its characters [start, end) in the context (0, 0 for the empty answer); with
+        n_best > 1, "n_best" lists the best answers with their start+end logits."""
+        rows = []
+        for ex, ranked in zip(examples, self._rank(examples, features, outputs, n_best)):
+            best = ranked[0] if ranked else _Span(float("nan"), "", 0, 0, None)
+            row = {"id": ex.id, "prediction": best.text, "score": best.probability,
+                   "start": best.start, "end": best.end}
+            if n_best > 1:
+                row["n_best"] = [{"text": c.text, "score": round(c.score, 4)} for c in ranked]
+            rows.append(row)
+        return rows
+
+    def _rank(self, examples, features, outputs: list[np.ndarray], n_best: int) -> list[list[_Span]]:
+        """The n best distinct answers per example, best first (see decode)."""
         max_answer = self.settings.get("max_answer_len", 30)
-        best: dict[int, list[tuple[float, str]]] = {}
-        null: dict[int, float] = {}
+        best: dict[int, list[_Span]] = {}
+        null: dict[int, _Span] = {}
         for f, o in zip(features, outputs):
             n, c0 = f.example, f.extra["context_start"]
             k = len(f.extra["offsets"])
@@ -331,31 +448,67 @@ class SpanTask(Task):
             i, j = np.indices(scores.shape)
             scores = np.where((j >= i) & (j - i < max_answer), scores, -np.inf)
             top = np.argsort(scores, axis=None)[::-1][:max(n_best, 1)]
+            # probabilities over what an answer may be in this window: [CLS] (no answer) or the context
+            p_start = _softmax(np.concatenate([o[:1, 0], start]))
+            p_end = _softmax(np.concatenate([o[:1, 1], end]))
             context = examples[n].context
             for flat in top:
                 a, b = divmod(int(flat), k)
                 if np.isfinite(scores[a, b]):
-                    text = context[f.extra["offsets"][a][0]:f.extra["offsets"][b][1]]
-                    best.setdefault(n, []).append((float(scores[a, b]), text))
-            null[n] = min(null.get(n, np.inf), float(o[0, 0] + o[0, 1]))
-        preds = []
+                    first, last = f.extra["offsets"][a][0], f.extra["offsets"][b][1]
+                    best.setdefault(n, []).append(_Span(float(scores[a, b]), context[first:last], first, last,
+                                                        _prob(p_start[a + 1] * p_end[b + 1])))
+            null_score = float(o[0, 0] + o[0, 1])
+            if n not in null or null_score < null[n].score:
+                null[n] = _Span(null_score, "", 0, 0, _prob(p_start[0] * p_end[0]))
+        out = []
         for n in range(len(examples)):
-            candidates = sorted(best.get(n, []), key=lambda c: -c[0])
+            candidates = sorted(best.get(n, []), key=lambda c: -c.score)
             seen, ranked = set(), []
-            for s, t in candidates:
-                if t not in seen:
-                    seen.add(t)
-                    ranked.append((s, t))
-            if self.settings.get("version_2") and (not ranked or null[n] > ranked[0][0]):
-                ranked.insert(0, (null.get(n, 0.0), ""))
-            preds.append(ranked[:max(n_best, 1)] if n_best > 1 else (ranked[0][1] if ranked else ""))
-        return preds
+            for c in candidates:
+                if c.text not in seen:
+                    seen.add(c.text)
+                    ranked.append(c)
+            if self.settings.get("version_2") and (not ranked or null[n].score > ranked[0].score):
+                ranked.insert(0, null.get(n, _Span(0.0, "", 0, 0, None)))
+            out.append(ranked[:max(n_best, 1)])
+        return out
 
     def gold(self, examples) -> list:
         return [ex.answers for ex in examples]
 
     def score(self, examples, predictions) -> dict:
         return squad.squad_scores(examples, {ex.id: p for ex, p in zip(examples, predictions)})
+
+
+@dataclass
+class _Span:
+    """A candidate answer: start+end logit, text, characters [start, end) in the context, probability."""
+
+    score: float
+    text: str
+    start: int
+    end: int
+    probability: float | None
+
+
+def _entities(words: list[str], tags: list[str], scores: list[float | None]) -> list[dict]:
+    """The entities of BIO tags: a B- and the I- of its type that follow it. Text is the words joined
+    by spaces, or without them for Chinese characters (which are written without spaces)."""
+    spans: list[list] = []
+    for w, tag in enumerate(tags):
+        if tag.startswith("I-") and spans and spans[-1][2] == w and spans[-1][0] == tag[2:]:
+            spans[-1][2] = w + 1
+        elif tag != "O":
+            spans.append([tag[2:], w, w + 1])
+    out = []
+    for kind, a, b in spans:
+        chosen = words[a:b]
+        cjk = all(squad._is_cjk(ch) for word in chosen for ch in word)
+        seen = [s for s in scores[a:b] if s is not None]
+        out.append({"type": kind, "start_word": a, "end_word": b, "text": ("" if cjk else " ").join(chosen),
+                    "score": _prob(sum(seen) / len(seen)) if seen else None})
+    return out
 
 
 def _has_column_flags(flags: dict) -> bool:

@@ -188,6 +188,9 @@ def prepare(task_name: str, model_src: str, train_path: Path, dev_path: Path, c:
                      if task_name == "qa" else {})
     train_examples = task.read(train_path, columns, training=True)
     dev_examples = task.read(dev_path, columns, training=False)
+    if c.batch_size > len(train_examples):
+        raise UserError(f"--batch-size {c.batch_size} is larger than the {len(train_examples):,} training examples "
+                        f"in {train_path}; use a smaller batch")
     train_features, truncated = task.encode(train_examples, tok, special, max_len)
     dev_features, dev_truncated = task.encode(dev_examples, tok, special, max_len)
     for what, n, total in (("training", truncated, len(train_examples)), ("dev", dev_truncated, len(dev_examples))):

@@ -178,8 +178,8 @@ class Encoder(nn.Module):
 def _mask_needed(attention_mask: torch.Tensor) -> bool:
     """Without padding SDPA may take its fastest kernels, but asking whether there is any costs a host
     sync on GPUs and a graph break under torch.compile: ask only in eager CPU runs."""
-    if attention_mask.device.type != "cpu" or torch.compiler.is_compiling():
-        return True
+    if attention_mask.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True  # (tracing: the ONNX export keeps the masked graph for every batch)
     return not bool(attention_mask.all())
 
 

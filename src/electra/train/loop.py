@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 
 from electra.errors import Interrupted, UserError
-from electra.runtime import autocast
+from electra.runtime import autocast, out_of_memory
 from electra.train.distributed import World, gradient_sync, is_sharded
 from electra.train.logs import MetricsLog, Progress
 from electra.train.optim import linear_warmup_decay, set_lr
@@ -46,6 +46,7 @@ class LoopSettings:
     eval_every: int = 0
     time_budget_s: float | None = None
     max_bad_steps: int = 5
+    memory_hint: str = "use a smaller --batch-size"
 
 
 class StopSignal:
@@ -192,11 +193,20 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
             micros = [m.to(device, non_blocking=True) for m in micro_batches(step)]
             totals = world.sum_(sum(objective.counts(m) for m in micros))
             for i, micro in enumerate(micros):
-                with gradient_sync(model, i == len(micros) - 1):  # communicate on the last one only
-                    with autocast(s.precision, device):
-                        loss, metrics = objective.loss(micro, step, totals)
-                    scaled = loss * world.size  # DDP averages gradients over processes; shares must add up
-                    (scaler.scale(scaled) if scaler else scaled).backward()
+                try:
+                    with gradient_sync(model, i == len(micros) - 1):  # communicate on the last one only
+                        with autocast(s.precision, device):
+                            loss, metrics = objective.loss(micro, step, totals)
+                        scaled = loss * world.size  # DDP averages gradients over processes; shares must add up
+                        (scaler.scale(scaled) if scaler else scaled).backward()
+                except (RuntimeError, MemoryError) as e:
+                    what = out_of_memory(e)
+                    if what is None:
+                        raise
+                    bar.close()
+                    raise UserError(f"out of memory in step {step + 1}, a micro-batch of "
+                                    f"{tuple(micro.input_ids.shape)} tokens ({what}); {s.memory_hint} "
+                                    "(checkpoints already saved are kept)") from None
                 window.add(metrics, objective.tokens(micro))
             grad_norm, finite = optimizer_step(optimizer, params, scaler, s.clip_grad_norm)
             step += 1

@@ -185,6 +185,9 @@ def _pretrain(world: World, data: Path, model_spec: str | None, out: Path, resum
     if train_data.seq_len > res.model.discriminator.max_position_embeddings:
         raise UserError(f"the data's sequence length {train_data.seq_len} exceeds the model's "
                         f"max_position_embeddings {res.model.discriminator.max_position_embeddings}")
+    if t.batch_size > len(train_data):
+        raise UserError(f"--batch-size {t.batch_size} is larger than the {len(train_data):,} training examples in "
+                        f"{data}; use a smaller batch, or prepare more text")
     if t.batch_size % (world.size * t.grad_accum):
         raise UserError(f"--batch-size {t.batch_size} is not divisible by {world.size} processes x "
                         f"--grad-accum {t.grad_accum}; the global batch is split evenly between them")
@@ -249,7 +252,8 @@ def _train(world: World, res: Resolved, identity: dict, train_data: PretrainingD
     evaluate = validation(model, val_data, device, t, micro) if val_data is not None and t.eval_every else None
     settings = LoopSettings(max_steps=t.max_steps, peak_lr=t.lr, warmup_steps=t.resolved_warmup,
                             clip_grad_norm=t.clip_grad_norm, precision=t.precision, log_every=t.log_every,
-                            save_every=t.save_every, eval_every=t.eval_every, time_budget_s=t.time_budget_s)
+                            save_every=t.save_every, eval_every=t.eval_every, time_budget_s=t.time_budget_s,
+                            memory_hint="use a smaller --batch-size, or --grad-accum N to split each batch into N")
     n_params = sum(p.numel() for p in model.discriminator.parameters())
     world.say(f"electra: pretraining {res.size} (discriminator {n_params / 1e6:.1f}M parameters) on "
               f"{world.describe(device, t.strategy)} with {torch.get_num_threads()} CPU threads, "

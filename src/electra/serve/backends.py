@@ -1,0 +1,69 @@
+"""What runs a batch: the Python API's model (PyTorch, or ONNX Runtime for an ONNX export), behind one
+small interface, `endpoints` and `run(endpoint, inputs, options)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from electra.api import FinetunedModel, PretrainedModel, load
+from electra.errors import UserError
+
+
+class Backend:
+    def __init__(self, model: FinetunedModel | PretrainedModel, name: str):
+        self.model = model
+        self.name = name
+
+    @property
+    def endpoints(self) -> list[str]:
+        """What this model can do: predict (fine-tuned), or detect / fill-mask / embed (pretrained)."""
+        if isinstance(self.model, FinetunedModel):
+            return ["predict"]
+        pre = self.model.pretrained
+        have = []
+        if pre.discriminator is not None and pre.has_disc_head:
+            have.append("detect")
+        if pre.generator is not None:
+            have.append("fill-mask")
+        if pre.discriminator is not None:
+            have.append("embed")
+        return have
+
+    def describe(self) -> dict:
+        info = {"backend": self.name, "endpoints": self.endpoints}
+        if isinstance(self.model, FinetunedModel):
+            info.update(task=self.model.task, labels=self.model.labels, text_count=self.model.text_count)
+        return info
+
+    def run(self, endpoint: str, inputs: list, options: dict) -> list:
+        """One result per input (called on the model thread)."""
+        m = self.model
+        if endpoint == "predict":
+            return m.predict(inputs, top_k=options.get("top_k"))
+        if endpoint == "detect":
+            return m.detect(inputs)
+        if endpoint == "fill-mask":
+            return m.fill_mask(inputs, top_k=options.get("top_k") or 5)
+        if endpoint == "embed":
+            return m.embed(inputs, pooling=options.get("pooling", "mean")).tolist()
+        raise ValueError(endpoint)
+
+
+def load_backend(model: str, backend: str) -> Backend:
+    """--model and --backend of `electra serve`: torch runs the model as it is; onnx runs an ONNX export
+    directory, or exports the model to one first (kept in MODEL-onnx/ beside it when that is free)."""
+    if backend == "torch":
+        return Backend(load(model), "torch")
+    from electra.onnx_export import export_onnx, is_onnx_dir
+    from electra.pretrained import resolve
+
+    directory = resolve(model)
+    if not is_onnx_dir(directory):
+        target = Path(str(Path(model).resolve()) + "-onnx")
+        if not is_onnx_dir(target):
+            if target.exists():
+                raise UserError(f"--backend onnx exports {model} to {target}, which exists; export it yourself with "
+                                "`electra export --format onnx --out DIR` and serve DIR")
+            export_onnx(model, target)
+        directory = target
+    return Backend(load(directory), "onnx")

@@ -1,0 +1,101 @@
+"""Dynamic batching (text-embeddings-inference's batcher): requests wait in a bounded queue; one model
+thread takes up to `max_batch_size` inputs of one endpoint, or what arrived within `max_wait_ms` of
+the first, runs them as one batch, and hands each request its results. The event loop never runs the
+model, so /health answers while a batch computes. A full queue is refused (QueueFull), never grown; an
+exception in a batch fails that batch's requests only."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+
+class QueueFull(Exception):
+    """More inputs are waiting than the queue holds."""
+
+
+@dataclass
+class Job:
+    endpoint: str
+    inputs: list
+    options: dict
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """run(endpoint, inputs, options) -> one result per input, called on the model thread."""
+
+    def __init__(self, run: Callable[[str, list, dict], list], max_batch_size: int = 64, max_wait_ms: float = 5.0,
+                 max_queue: int = 1024, on_batch: Callable[[int], None] | None = None):
+        self.run = run
+        self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
+        self.max_queue = max_queue
+        self.on_batch = on_batch or (lambda n: None)
+        self.jobs: asyncio.Queue[Job] = asyncio.Queue()
+        self.waiting = 0  # inputs queued, not yet taken by the model thread
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="electra-model")
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        """After the in-flight requests: the server stops accepting first, then calls this."""
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, endpoint: str, inputs: list, options: dict) -> list:
+        if self.waiting + len(inputs) > self.max_queue:
+            raise QueueFull
+        self.waiting += len(inputs)
+        job = Job(endpoint, inputs, options, asyncio.get_running_loop().create_future())
+        await self.jobs.put(job)
+        return await job.future
+
+    async def _loop(self) -> None:
+        held: Job | None = None  # a job of another endpoint or options, waiting for the next batch
+        while True:
+            first = held or await self.jobs.get()
+            held = None
+            batch, size = [first], len(first.inputs)
+            deadline = first.enqueued + self.max_wait
+            while size < self.max_batch_size:
+                timeout = deadline - time.perf_counter()
+                try:
+                    job = self.jobs.get_nowait() if timeout <= 0 else await asyncio.wait_for(self.jobs.get(), timeout)
+                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+                if (job.endpoint, job.options) != (first.endpoint, first.options) \
+                        or size + len(job.inputs) > self.max_batch_size:
+                    held = job
+                    break
+                batch.append(job)
+                size += len(job.inputs)
+            self.waiting -= size
+            await self._run(batch, size)
+
+    async def _run(self, batch: list[Job], size: int) -> None:
+        inputs = [x for job in batch for x in job.inputs]
+        self.on_batch(size)
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.run, batch[0].endpoint, inputs, batch[0].options)
+        except Exception as e:  # noqa: BLE001 - this batch's requests fail; the server goes on
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(e)
+            return
+        start = 0
+        for job in batch:
+            if not job.future.done():  # the client may have gone
+                job.future.set_result(results[start:start + len(job.inputs)])
+            start += len(job.inputs)

@@ -1,0 +1,178 @@
+"""`electra serve`: the routes, batching, limits and errors in process (Starlette's TestClient), and the
+process itself: SIGTERM, a bad model, a busy port. ONNX export runs behind the same code."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from electra.cli import run
+from electra.commands import COMMANDS
+from electra.serve.app import Limits, create_app
+from electra.serve.backends import Backend, load_backend
+
+from test_finetune import TINY, classification_rows, write_tsv
+
+pytest.importorskip("httpx")
+from starlette.testclient import TestClient  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer_dir):
+    root = tmp_path_factory.mktemp("serve")
+    rows = [(a, label) for a, _, label in classification_rows(60, 1)]
+    write_tsv(root / "train.tsv", rows, ["sentence", "label"])
+    write_tsv(root / "new.tsv", [(a,) for a, _ in rows[:20]], ["sentence"])
+    assert run(COMMANDS, ["finetune", "--task", "classification", "--model", "tiny", "--tokenizer",
+                          str(tokenizer_dir), *TINY, "--train", str(root / "train.tsv"), "--dev", str(root / "train.tsv"),
+                          "--out", str(root / "ft")]) == 0
+    return root
+
+
+class SlowBackend(Backend):
+    """The real model, slower, and failing on a chosen input."""
+
+    def run(self, endpoint, inputs, options):
+        time.sleep(0.3)
+        if "explode" in inputs:
+            raise RuntimeError("boom")
+        return super().run(endpoint, inputs, options)
+
+
+def test_predictions_equal_electra_predict(model_dir, tmp_path):
+    assert run(COMMANDS, ["predict", "--model", str(model_dir / "ft"), "--input", str(model_dir / "new.tsv"),
+                          "--output", str(tmp_path / "p.jsonl")]) == 0
+    expected = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    texts = [line.split("\t")[0] for line in (model_dir / "new.tsv").read_text().splitlines()[1:]]
+    with TestClient(create_app(load_backend(str(model_dir / "ft"), "torch"), max_batch_size=8)) as client:
+        r = client.post("/v1/predict", json={"inputs": texts})
+        assert r.status_code == 200 and r.json()["outputs"] == expected
+        assert client.get("/health").json()["status"] == "ready"
+        assert "electra serve" in client.get("/").text
+        assert 'electra_requests_total{code="200",endpoint="predict"} 1.0' in client.get("/metrics").text
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"{not json", 400, "not valid JSON"),
+    (b'{"inputs": []}', 400, "non-empty list"),
+    (b'{"inputs": "a text"}', 400, "non-empty list"),
+    (b'{"inputs": [3]}', 400, "input 1 must be a text"),
+    (b'{"inputs": ["a"], "top_k": 0}', 400, "positive integer"),
+    (b'{"inputs": ["a"], "color": 1}', 400, "unknown options"),
+    (b'{"inputs": [["a", "b"]]}', 400, "reads single texts"),
+    (json.dumps({"inputs": ["x"] * 300}).encode(), 413, "limit is 256"),
+    (json.dumps({"inputs": ["word " * 5000]}).encode(), 413, "limit is 20,000"),
+    (b"x" * (2 << 20), 413, "limit is 1,048,576"),
+])
+def test_bad_requests_get_4xx_with_one_line(model_dir, body, status, message):
+    with TestClient(create_app(load_backend(str(model_dir / "ft"), "torch"))) as client:
+        r = client.post("/v1/predict", content=body)
+        assert r.status_code == status and message in r.json()["error"], r.text
+        assert "\n" not in r.json()["error"]
+        assert client.get("/v1/nope").status_code == 404 and "error" in client.get("/v1/nope").json()
+        assert client.post("/v1/detect", json={"inputs": ["a"]}).status_code == 404  # not a pretrained model
+
+
+def test_batching_health_failures_and_a_full_queue(model_dir):
+    from electra.api import load
+
+    backend = SlowBackend(load(model_dir / "ft"), "torch")
+    app = create_app(backend, max_batch_size=16, max_wait_ms=100, limits=Limits(max_queue=6))
+    with TestClient(app) as client:
+        results = {}
+
+        def post(name, inputs):
+            results[name] = client.post("/v1/predict", json={"inputs": inputs})
+
+        threads = [threading.Thread(target=post, args=(f"r{i}", [f"text number {i}"])) for i in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.15)
+        started = time.perf_counter()
+        assert client.get("/health").status_code == 200  # answered while the batch computes
+        assert time.perf_counter() - started < 0.25
+        for t in threads:
+            t.join()
+        assert all(r.status_code == 200 for r in results.values())
+        batches = app.state.metrics.batch_size.collect()[0].samples
+        count = next(s.value for s in batches if s.name.endswith("_count"))
+        assert count < 4, "concurrent requests were not batched"
+        # a failing batch fails its own requests (500); the next request is served
+        assert client.post("/v1/predict", json={"inputs": ["explode"]}).status_code == 500
+        assert client.post("/v1/predict", json={"inputs": ["fine"]}).status_code == 200
+        # more inputs than the queue holds: 503 with Retry-After
+        threads = [threading.Thread(target=post, args=(f"q{i}", ["a", "b", "c"])) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        full = [r for r in results.values() if r.status_code == 503]
+        assert full and full[0].headers["retry-after"] == "1" and "queue is full" in full[0].json()["error"]
+
+
+def test_onnx_backend_gives_the_same_predictions(model_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    assert run(COMMANDS, ["export", "--format", "onnx", "--model", str(model_dir / "ft"), "--out", str(tmp_path / "x")]) == 0
+    texts = ["the quick fox", "good cat sat on the mat", "bad"]
+    with TestClient(create_app(load_backend(str(model_dir / "ft"), "torch"))) as client:
+        want = client.post("/v1/predict", json={"inputs": texts}).json()["outputs"]
+    with TestClient(create_app(load_backend(str(tmp_path / "x"), "onnx"))) as client:
+        got = client.post("/v1/predict", json={"inputs": texts}).json()["outputs"]
+        assert client.get("/health").json()["backend"] == "onnx"
+    assert [g["prediction"] for g in got] == [w["prediction"] for w in want]
+    for g, w in zip(got, want):
+        assert abs(g["score"] - w["score"]) < 1e-4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_0(model_dir):
+    import httpx
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "electra", "serve", "--model", str(model_dir / "ft"), "--port",
+                             str(port), "--threads", "1"], stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.1)
+    answers = []
+    texts = [" ".join(["the quick brown fox jumps over the lazy dog"] * 12)] * 256
+    sender = threading.Thread(target=lambda: answers.append(
+        httpx.post(url + "/v1/predict", json={"inputs": texts}, timeout=60)))
+    sender.start()
+    while httpx.get(url + "/health").json()["in_flight"] == 0:  # the request is being answered
+        assert sender.is_alive(), "the request finished before SIGTERM could be sent"
+        time.sleep(0.002)
+    proc.terminate()
+    sender.join()
+    assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    assert answers and answers[0].status_code == 200 and len(answers[0].json()["outputs"]) == 256
+
+
+@pytest.mark.parametrize("case", ["bad model", "busy port"])
+def test_bad_model_or_busy_port_is_one_line_before_binding(case, tmp_path, model_dir):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1] if case == "busy port" else _free_port()
+        model = str(tmp_path / "nope") if case == "bad model" else str(model_dir / "ft")
+        proc = subprocess.run([sys.executable, "-m", "electra", "serve", "--model", model, "--port", str(port)],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert ("not found" if case == "bad model" else "cannot listen on") in proc.stderr
