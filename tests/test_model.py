@@ -35,12 +35,13 @@ def test_padded_equals_unpadded(special):
 
 
 def test_mask_and_no_mask_paths_agree(special):
-    """On CPU an all-ones mask skips SDPA's mask (fast path); on GPUs the mask is always passed to
-    avoid a host sync. Both must give the plain masked result."""
+    """With the CPU kernels an all-ones mask skips SDPA's mask (fast path); the plain path always passes
+    it (no host sync on GPUs). Both must give the plain masked result."""
     from electra.model.encoder import Encoder
 
     torch.manual_seed(0)
-    encoder = Encoder(tiny_config(120).discriminator).eval()
+    encoder = use_cpu_kernels(Encoder(tiny_config(120).discriminator).eval())
+    assert encoder.key_mask(torch.ones(2, 16, dtype=torch.long)) is None
     ids, _, types = random_batch(120, special, B=2, T=16, pad_lengths=[16, 16])
     ones = torch.ones_like(ids)
     with torch.no_grad():

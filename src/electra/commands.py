@@ -456,11 +456,12 @@ def predict(*, model: str, input: Path, output: Path, task: Task | None = None, 
 
 
 def _bench(mode: str, model: str, batch_size: int, seq_len: int, steps: int, warmup: int, rounds: int,
-           precision: str, compare: str | None, json_: bool, data: Path | None = None, compile_: bool = False) -> None:
+           precision: str, compare: str | None, json_: bool, data: Path | None = None, compile_: bool = False,
+           backend: str = "torch") -> None:
     from electra.bench.runner import run_bench
 
     r = run_bench(mode, model, batch_size, seq_len, steps, warmup, rounds, precision, compare == "hf", data,
-                  compile_)
+                  compile_, backend)
     unit = "sequences" if mode == "infer" else "tokens"
     print(f"{mode} {model}, batch {batch_size}" + (f", seq {seq_len}" if mode != "infer" else "")
           + f", {precision}: {r[f'{unit}_per_s']:,.1f} {unit}/s; {r['flops_per_token'] / 1e6:.1f} MFLOP per token; "
@@ -528,7 +529,8 @@ def bench_finetune(*, model: str = "small", batch_size: int = 32, seq_len: int =
 @computes
 def bench_infer(*, model: str = "small", data: Path | None = None, batch_size: int = 32, seq_len: int = 128,
                 rounds: int = 3, precision: Literal["fp32", "bf16", "fp16"] = "fp32",
-                compare: Literal["hf"] | None = None, compile: bool = False, json_: bool = False) -> None:
+                compare: Literal["hf"] | None = None, compile: bool = False, backend: Literal["torch", "onnx"] = "torch",
+                json_: bool = False) -> None:
     """Time classifying sentences: ours in length-sorted batches, the reference in file order.
 
     With --compare hf, transformers' ElectraForSequenceClassification with the same weights
@@ -545,9 +547,10 @@ def bench_infer(*, model: str = "small", data: Path | None = None, batch_size: i
         compare: hf: also time the Hugging Face reference
         compile: torch.compile ours for inference, weights frozen, as `predict --compile` does
             (compiled in the untimed warm-up pass; the reference stays eager, as users run it)
+        backend: torch, or onnx: our model exported to ONNX and run by ONNX Runtime (fp32, CPU)
         json_: end with one JSON object of the results
     """
-    _bench("infer", model, batch_size, seq_len, 1, 1, rounds, precision, compare, json_, data, compile)
+    _bench("infer", model, batch_size, seq_len, 1, 1, rounds, precision, compare, json_, data, compile, backend)
 
 
 @computes

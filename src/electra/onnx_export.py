@@ -63,13 +63,7 @@ def export_onnx(src: str, out: Path, overwrite: bool = False) -> Path:
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    sample = _sample(meta["model"]["vocab_size"])
-    axes = {name: {0: "batch", 1: "sequence"} for name in (*INPUTS, *outputs)}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on shapes it keeps symbolic anyway
-        torch.onnx.export(net, sample, str(tmp / ONNX_FILE), input_names=list(INPUTS), output_names=outputs,
-                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
-    check = _largest_difference(net, tmp / ONNX_FILE, meta["model"]["vocab_size"])
+    check = export_network(net, tmp / ONNX_FILE, outputs, meta["model"]["vocab_size"])
     if check > 1e-3:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"the ONNX graph's outputs differ from PyTorch's by {check:.2e}; this export is not "
@@ -82,6 +76,17 @@ def export_onnx(src: str, out: Path, overwrite: bool = False) -> Path:
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def export_network(net: nn.Module, path: Path, outputs: list[str], vocab_size: int) -> float:
+    """Trace `net` (input_ids, attention_mask, token_type_ids) -> outputs into an ONNX file with dynamic
+    batch and sequence axes; returns the largest difference of ONNX Runtime's outputs from PyTorch's."""
+    axes = {name: {0: "batch", 1: "sequence"} for name in (*INPUTS, *outputs)}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shapes it keeps symbolic anyway
+        torch.onnx.export(net.eval(), _sample(vocab_size), str(path), input_names=list(INPUTS), output_names=outputs,
+                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    return _largest_difference(net, path, vocab_size)
 
 
 def _sample(vocab_size: int, lengths=(9, 5)) -> tuple[torch.Tensor, ...]:

@@ -148,7 +148,8 @@ def pretrain_steps(size: str, batch_size: int, seq_len: int, precision: str, dev
 
 
 def run_bench(mode: str, size: str, batch_size: int, seq_len: int, steps: int, warmup: int, rounds: int,
-              precision: str, compare_hf: bool, data: Path | None = None, compile_: bool = False) -> dict:
+              precision: str, compare_hf: bool, data: Path | None = None, compile_: bool = False,
+              backend: str = "torch") -> dict:
     if min(batch_size, seq_len, steps, rounds) <= 0 or warmup < 0:
         raise UserError("--batch-size, --seq-len, --steps and --rounds must be positive")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -168,7 +169,7 @@ def run_bench(mode: str, size: str, batch_size: int, seq_len: int, steps: int, w
         runs, per_token = finetune_steps(size, batch_size, seq_len, precision, device, compare_hf, compile_)
         units, count = "tokens", batch_size * seq_len
     else:
-        return infer(size, batch_size, seq_len, precision, device, compare_hf, data, rounds, compile_)
+        return infer(size, batch_size, seq_len, precision, device, compare_hf, data, rounds, compile_, backend)
     timings = interleaved(runs, warmup, steps, rounds, device)
     memory = step_memory(runs, device)
     peak = matmul_peak(device, precision)
@@ -255,7 +256,7 @@ def _sentences(data: Path | None) -> list[str]:
 
 @torch.no_grad()
 def infer(size: str, batch_size: int, seq_len: int, precision: str, device: torch.device, compare_hf: bool,
-          data: Path | None, rounds: int, compile_: bool = False) -> dict:
+          data: Path | None, rounds: int, compile_: bool = False, backend: str = "torch") -> dict:
     """Classify sentences: ours in length-sorted batches, the reference in file order padded to each
     batch's longest; outputs compared."""
     from electra.data.tokenizer import train_tokenizer
@@ -269,7 +270,18 @@ def infer(size: str, batch_size: int, seq_len: int, precision: str, device: torc
     torch.manual_seed(0)
     ours = FinetuneModel(cfg, "classification", 2).to(device).eval()
     ref = _hf_classifier(ours).to(device) if compare_hf else None
-    run_model = CompiledForInference(ours) if compile_ else use_cpu_kernels(ours)  # as `predict` does
+    if backend == "onnx":  # the same weights, exported and run by ONNX Runtime, as `serve --backend onnx` does
+        import tempfile
+
+        from electra.onnx_export import OnnxNetwork, export_network
+
+        if device.type != "cpu" or precision != "fp32" or compile_:
+            raise UserError("--backend onnx runs fp32 on the CPU, without --compile")
+        path = Path(tempfile.mkdtemp()) / "model.onnx"
+        export_network(ours, path, ["logits"], cfg.vocab_size)
+        run_model = OnnxNetwork(path, cfg)
+    else:
+        run_model = CompiledForInference(ours) if compile_ else use_cpu_kernels(ours)  # as `predict` does
 
     def batches(order):
         for i in range(0, len(order), batch_size):
@@ -307,7 +319,8 @@ def infer(size: str, batch_size: int, seq_len: int, precision: str, device: torc
     per_seq_flops = sum(flops.classifier_forward(cfg, len(e)) * len(e) for e in encoded) / len(encoded)
     rate = len(encoded) / timings["electra"].median
     result = {"mode": "infer", "model": size, "batch_size": batch_size, "sentences": len(encoded),
-              "tokens": n_tokens, "precision": precision, "compile": compile_, "sequences_per_s": round(rate, 1),
+              "tokens": n_tokens, "precision": precision, "compile": compile_, "backend": backend,
+              "sequences_per_s": round(rate, 1),
               "flops_per_token": round(per_seq_flops * len(encoded) / n_tokens), "peak_flops": round(peak),
               "achieved_flops": round(rate * per_seq_flops), "mfu": round(rate * per_seq_flops / peak, 4)}
     if compare_hf:

@@ -146,9 +146,16 @@ class CpuTrainingAttention(torch.autograd.Function):
 # --- skipping padding --------------------------------------------------------------------------------
 
 class CpuEncoder(Encoder):
-    """Encoder that, in eager CPU runs, skips the padding of a batch outside attention when no padding
-    position's output is read (MosaicBERT's unpadding): 1.11-1.15x per SST-2 fine-tuning step at 20%
-    padding (BENCHMARKS.md). A batch whose first position is padding keeps the padded path."""
+    """Encoder that, in eager CPU runs, passes no attention mask for a batch without padding (SDPA's
+    fastest kernels take no mask; asking whether there is padding would cost a host sync on a GPU), and
+    skips the padding of a batch outside attention when no padding position's output is read
+    (MosaicBERT's unpadding): 1.11-1.15x per SST-2 fine-tuning step at 20% padding (BENCHMARKS.md). A
+    batch whose first position is padding keeps the padded path."""
+
+    def key_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        if attention_mask is not None and use_cpu_path(attention_mask) and bool(attention_mask.all()):
+            return None
+        return super().key_mask(attention_mask)
 
     def unpadding(self, x: torch.Tensor, mask: torch.Tensor | None, attention_mask: torch.Tensor | None,
                   padding_read: bool) -> Unpadded | None:

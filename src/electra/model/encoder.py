@@ -153,9 +153,7 @@ class Encoder(nn.Module):
         padding_unread: the caller ignores the outputs at padding (they may come back as zeros), which
         lets a fast path skip the padding (`unpadding`)."""
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, E)
-        mask = None
-        if attention_mask is not None and _mask_needed(attention_mask):
-            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): keys a query may attend to
+        mask = self.key_mask(attention_mask)  # (B, 1, 1, T) or None
         unpadded = self.unpadding(x, mask, attention_mask, padding_read=not (first_token_only or padding_unread))
         if unpadded is not None:
             x = unpadded.unpad(x)  # (N, E)
@@ -168,19 +166,16 @@ class Encoder(nn.Module):
             return x
         return x[:, None] if first_token_only else unpadded.pad(x)  # (B, 1, H) or (B, T, H)
 
+    def key_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, T) 1 = token, 0 = padding -> (B, 1, 1, T) bool: the keys a query may attend to. (CpuEncoder
+        leaves out a mask without padding, so that SDPA may take its fastest kernels.)"""
+        return None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+
     def unpadding(self, x: torch.Tensor, mask: torch.Tensor | None, attention_mask: torch.Tensor | None,
                   padding_read: bool) -> Unpadded | None:
         """Where the real tokens are, for layers to skip the padding; the plain path keeps it (None).
         model/cpu.py's CpuEncoder skips it on CPUs."""
         return None
-
-
-def _mask_needed(attention_mask: torch.Tensor) -> bool:
-    """Without padding SDPA may take its fastest kernels, but asking whether there is any costs a host
-    sync on GPUs and a graph break under torch.compile: ask only in eager CPU runs."""
-    if attention_mask.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return True  # (tracing: the ONNX export keeps the masked graph for every batch)
-    return not bool(attention_mask.all())
 
 
 def init_weights(module: nn.Module, std: float) -> None:
