@@ -81,3 +81,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def wait_until_serving(url: str, proc, timeout: float = 60.0) -> None:
+    """Poll GET /health of an `electra serve` subprocess until it answers 200."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.time() < deadline and proc.poll() is None, "the server did not start"
+        time.sleep(0.1)

@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from electra.cli import run
 from electra.commands import COMMANDS
 
+from conftest import wait_until_serving
 from test_finetune import TINY, classification_rows, write_tsv
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -49,14 +49,7 @@ def test_page_shows_the_label_that_predict_returns(tmp_path, tokenizer_dir):
     os.environ.setdefault("SE_AVOID_STATS", "true")
     browser = None
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.time() < deadline and server.poll() is None, "the server did not start"
-                time.sleep(0.1)
+        wait_until_serving(url, server)
         sentence = "good the quick brown fox sat on the mat"
         expected = httpx.post(url + "/v1/predict", json={"inputs": [sentence]}).json()["outputs"][0]
         browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))

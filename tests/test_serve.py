@@ -17,6 +17,7 @@ from electra.commands import COMMANDS
 from electra.serve.app import Limits, create_app
 from electra.serve.backends import Backend, load_backend
 
+from conftest import wait_until_serving
 from test_finetune import TINY, classification_rows, write_tsv
 
 pytest.importorskip("httpx")
@@ -143,14 +144,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(model_dir):
     proc = subprocess.Popen([sys.executable, "-m", "electra", "serve", "--model", str(model_dir / "ft"), "--port",
                              str(port), "--threads", "1"], stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            assert time.time() < deadline and proc.poll() is None
-            time.sleep(0.1)
+    wait_until_serving(url, proc)
     answers = []
     texts = [" ".join(["the quick brown fox jumps over the lazy dog"] * 12)] * 256
     sender = threading.Thread(target=lambda: answers.append(

@@ -16,6 +16,7 @@ from electra.config import SpecialIds, get_size
 from electra.errors import UserError
 from electra.model.cpu import use_cpu_kernels
 from electra.runtime import autocast as _autocast
+from electra.runtime import pick_device
 from electra.train.parallelize import compile_layers
 
 SPECIAL = SpecialIds(pad=0, cls=2, sep=3, mask=4)
@@ -152,7 +153,7 @@ def run_bench(mode: str, size: str, batch_size: int, seq_len: int, steps: int, w
               backend: str = "torch") -> dict:
     if min(batch_size, seq_len, steps, rounds) <= 0 or warmup < 0:
         raise UserError("--batch-size, --seq-len, --steps and --rounds must be positive")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     if precision != "fp32" and device.type == "cpu":
         raise UserError(f"--precision {precision} is for GPUs here; this CPU runs fp32")
     if seq_len > get_size(size).discriminator.max_position_embeddings:
