@@ -110,7 +110,7 @@ def test_hf_encoder_only_has_no_discriminator_head(tmp_path, tokenizer, tokenize
         shutil.copyfile(tokenizer_dir / name, tmp_path / name)
     pre = load_pretrained(tmp_path)
     assert pre.discriminator is not None and not pre.has_disc_head
-    with pytest.raises(UserError, match="no discriminator"):
+    with pytest.raises(UserError, match="without the discriminator.s replaced-token head"):
         pre.require("discriminator")
 
 

@@ -313,3 +313,17 @@ def test_chinese_text_end_to_end(tmp_path, capsys):
     assert run(COMMANDS, ["detect", "--json", "--model", str(tmp_path / "run"), "北京是中国的首都"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["tokens"] == list("北京是中国的首都")
+
+
+def test_pruning_keeps_intact_checkpoints_and_ignores_newer_corrupt_ones(tmp_path, tokenizer_dir):
+    from electra.checkpoint import save_checkpoint, step_dirs
+
+    run_dir = tmp_path / "run"
+    args = dict(model_state={"w": torch.zeros(2)}, meta={"model": {}}, tokenizer_dir=tokenizer_dir,
+                optimizer_state={}, trainer_state={})
+    save_checkpoint(run_dir, 1000, keep_last=2, **args)
+    (run_dir / "step-00002000").mkdir()  # a corrupt, newer one (a crash); resume skips it
+    (run_dir / "step-00002000" / "model.safetensors").write_bytes(b"broken")
+    ckpt = save_checkpoint(run_dir, 1500, keep_last=1, **args)
+    assert ckpt.is_dir(), "the checkpoint just written must survive pruning"
+    assert [d.name for d in step_dirs(run_dir)] == ["step-00002000", "step-00001500"]

@@ -170,3 +170,20 @@ def test_bad_model_or_busy_port_is_one_line_before_binding(case, tmp_path, model
                               capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert ("not found" if case == "bad model" else "cannot listen on") in proc.stderr
+
+
+def test_one_bad_input_fails_its_own_request_only(model_dir):
+    """A batch that fails is run again request by request: the culprit gets its error, the others answers."""
+    from electra.api import load
+
+    backend = SlowBackend(load(model_dir / "ft"), "torch")
+    with TestClient(create_app(backend, max_batch_size=16, max_wait_ms=200)) as client:
+        results = {}
+        threads = [threading.Thread(target=lambda n=n, x=x: results.__setitem__(
+            n, client.post("/v1/predict", json={"inputs": [x]}))) for n, x in enumerate(["fine", "explode", "good"])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [results[n].status_code for n in range(3)] == [200, 500, 200]
+        assert client.post("/v1/predict", content=b"[" * 100_000).status_code == 400  # nested too deeply

@@ -134,10 +134,7 @@ def load(src: str | Path, *, device: str | None = None) -> FinetunedModel | Pret
         ft = load_finetuned(directory)
         ft.model.to(dev).eval()
         return FinetunedModel(ft, dev)
-    pre = load_pretrained(directory)
-    export_generator = Path(src) / "generator"
-    if pre.generator is None and export_generator.is_dir():  # an `electra export` output: both networks
-        pre.generator = load_pretrained(export_generator).generator
+    pre = load_pretrained(src)  # an `electra export` output: both networks
     for net in (pre.discriminator, pre.generator):
         if net is not None:
             net.to(dev).eval()

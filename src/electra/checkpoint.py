@@ -128,7 +128,10 @@ def save_checkpoint(run: Path, step: int, *, model_state: dict, meta: dict, toke
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    for stale in step_dirs(run)[max(1, keep_last):]:
+    # the last K intact checkpoints up to this one are kept; newer, corrupt ones (skipped on resume) are
+    # the user's to inspect and take no slot
+    kept = [d for d in step_dirs(run) if int(d.name[5:]) <= step and is_intact(d)]
+    for stale in kept[max(1, keep_last):]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
 

@@ -51,8 +51,6 @@ def fill_mask(text: str, *, model: str, top_k: int = 5) -> None:
     if top_k <= 0:
         raise UserError(f"--top-k must be positive (got {top_k})")
     pre = load_pretrained(model)
-    if pre.generator is None and (Path(model) / "generator").is_dir():
-        pre = load_pretrained(Path(model) / "generator")  # an `electra export` output directory
     from electra.display import join_pieces, say_truncated
 
     result = run_fill_mask(pre, [text], top_k)[0]
@@ -186,7 +184,8 @@ def pretrain(*, data: Path, model: str | None = None, out: Path, max_steps: int 
              time_budget: str | None = None, precision: Literal["fp32", "bf16", "fp16"] | None = None,
              grad_accum: int | None = None, compile: bool = False, warmup_steps: int | None = None,
              eval_every: int | None = None, log_every: int | None = None, keep_last: int | None = None,
-             tokenizer: Path | None = None, strategy: Literal["ddp", "fsdp"] | None = None) -> None:
+             tokenizer: Path | None = None, strategy: Literal["ddp", "fsdp"] | None = None,
+             init: str | None = None, init_generator: str | None = None) -> None:
     """Pretrain ELECTRA (generator + discriminator) on data made by `electra prepare`.
 
     AdamW (weight decay 0.01, none on LayerNorm and biases), linear warm-up then linear decay,
@@ -219,6 +218,11 @@ def pretrain(*, data: Path, model: str | None = None, out: Path, max_steps: int 
         keep_last: checkpoints to keep (default 3)
         tokenizer: the tokenizer directory (default: the copy inside DATA)
         strategy: under torchrun, ddp replicates the model, fsdp shards it (PyTorch's fully_shard) (default ddp)
+        init: continue pretraining from these weights: our run, checkpoint or export, or a Hugging Face
+            ELECTRA discriminator directory; its architecture replaces --model's; the data must be prepared
+            with its tokenizer; the optimizer starts fresh; run.json records the source
+        init_generator: the generator to start from (a run, export or Hugging Face ElectraForMaskedLM
+            directory; default: --init's, or a fresh one of the configured width when it has none)
     """
     from electra.config import parse_duration
     from electra.train.pretrain import pretrain as run_pretrain
@@ -227,7 +231,8 @@ def pretrain(*, data: Path, model: str | None = None, out: Path, max_steps: int 
                  precision=precision, grad_accum=grad_accum, warmup_steps=warmup_steps, eval_every=eval_every,
                  log_every=log_every, keep_last=keep_last, time_budget_s=parse_duration(time_budget),
                  compile=compile or None, dropout=dropout, strategy=strategy)
-    run_pretrain(data, model, out, resume=resume, tokenizer=tokenizer, **flags)
+    run_pretrain(data, model, out, resume=resume, tokenizer=tokenizer, init=init, init_generator=init_generator,
+                 **flags)
 
 
 @computes

@@ -47,7 +47,15 @@ def export_onnx(src: str, out: Path, overwrite: bool = False) -> Path:
     from electra.finetune.load import is_finetuned_dir, load_finetuned
     from electra.pretrained import load_pretrained, resolve
 
+    _require_onnx()
     directory = resolve(src)
+    out = Path(out)
+    if out.resolve() in (directory.resolve(), *directory.resolve().parents, Path(src).resolve()):
+        raise UserError(f"--out {out} is or holds the model being exported; choose another directory")
+    if out.exists() and any(out.iterdir()) and not (overwrite and is_onnx_dir(out)):
+        raise UserError(f"{out} already exists and is not empty" + ("" if overwrite else
+                        "; choose another --out or pass --overwrite") + (
+                        "; --overwrite replaces only an earlier ONNX export" if overwrite else ""))
     if is_finetuned_dir(directory):
         ft = load_finetuned(directory)
         net, tok, outputs = ft.model.eval(), ft.tokenizer, ["logits"]
@@ -58,24 +66,45 @@ def export_onnx(src: str, out: Path, overwrite: bool = False) -> Path:
         disc = pre.require("discriminator").eval()
         net, tok, outputs = _DiscriminatorOutputs(disc), pre.tokenizer, ["logits", "last_hidden_state"]
         meta = {"kind": "discriminator", "model": disc.config.to_dict()}
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    check = export_network(net, tmp / ONNX_FILE, outputs, meta["model"]["vocab_size"])
-    if check > 1e-3:
+    try:
+        check = export_network(net, tmp / ONNX_FILE, outputs, meta["model"]["vocab_size"])
+        if check > 1e-3:
+            raise UserError(f"the ONNX graph's outputs differ from PyTorch's by {check:.2e}; this export is not "
+                            "trustworthy (please report it with the model's config)")
+        save_tokenizer(tok, tmp, lowercase=is_lowercase(tok), max_length=meta.get("max_seq_len"))
+        meta.update(format="onnx", format_version=FORMAT_VERSION, source=str(directory.resolve()), opset=OPSET,
+                    source_weights=_fingerprint(directory), max_abs_difference_vs_torch=check)
+        (tmp / ELECTRA_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"the ONNX graph's outputs differ from PyTorch's by {check:.2e}; this export is not "
-                        "trustworthy (please report it with the model's config)")
-    save_tokenizer(tok, tmp, lowercase=is_lowercase(tok), max_length=meta.get("max_seq_len"))
-    meta.update(format="onnx", format_version=FORMAT_VERSION, source=str(directory), opset=OPSET,
-                max_abs_difference_vs_torch=check)
-    (tmp / ELECTRA_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
     return out
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise UserError("ONNX needs the onnx and onnxruntime packages: pip install 'electra[onnx]'") from None
+
+
+def _fingerprint(directory: Path) -> list:
+    """Size and modification time of a model directory's weights: an export made from them is current
+    while these are unchanged."""
+    files = sorted(p for p in Path(directory).iterdir() if p.suffix in (".safetensors", ".bin"))
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def is_current(export: Path, source: Path) -> bool:
+    """Was the ONNX export made from the source's weights as they are now?"""
+    meta = read_json(Path(export) / ELECTRA_JSON, "model config")
+    return meta.get("source") == str(Path(source).resolve()) and meta.get("source_weights") == _fingerprint(source)
 
 
 def export_network(net: nn.Module, path: Path, outputs: list[str], vocab_size: int) -> float:
@@ -159,6 +188,7 @@ def load_onnx(directory: Path):
     from electra.finetune.tasks import make_task
     from electra.pretrained import Pretrained
 
+    _require_onnx()
     meta = read_json(Path(directory) / ELECTRA_JSON, "model config")
     cfg = ModelConfig.from_dict(meta["model"])
     tok = load_tokenizer(directory)

@@ -38,7 +38,11 @@ class Pretrained:
 
     def require(self, network: str) -> torch.nn.Module:
         net = getattr(self, network)
-        if net is None or (network == "discriminator" and not self.has_disc_head):
+        if network == "discriminator" and net is not None and not self.has_disc_head:
+            raise UserError(f"{self.directory} is an ELECTRA encoder without the discriminator's replaced-token "
+                            "head (an ElectraModel); fine-tune it, or embed with it; detection needs "
+                            "ElectraForPreTraining weights")
+        if net is None:
             have = [n for n in ("discriminator", "generator") if getattr(self, n) is not None]
             raise UserError(f"{self.directory} has no {network} (it has: {', '.join(have) or 'an encoder only'}); "
                             f"pass a model that includes the {network}")
@@ -97,10 +101,13 @@ def _from_hub(repo_id: str) -> Path:
 
 
 def load_pretrained(src: str | Path) -> Pretrained:
+    """The networks of a --model source; an `electra export` directory gives both of its networks."""
     directory = resolve(str(src))
-    if (directory / ELECTRA_JSON).is_file():
-        return _load_ours(directory)
-    return _load_hf(directory)
+    pre = _load_ours(directory) if (directory / ELECTRA_JSON).is_file() else _load_hf(directory)
+    export_generator = Path(src) / "generator"
+    if pre.generator is None and directory != Path(src) and export_generator.is_dir():
+        pre.generator = _load_hf(export_generator).generator
+    return pre
 
 
 def _load_ours(directory: Path) -> Pretrained:

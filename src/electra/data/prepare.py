@@ -61,7 +61,11 @@ def prepare(corpus: list[str | Path], tokenizer_dir: Path, out: Path, seq_len: i
             results = (build_chunk(c, *args) for c in work)
             n_tokens = _drain(results, writers, bar, stats)
         else:
-            with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(tok.to_str(),)) as pool:
+            # forkserver, not fork: forking a process that already runs threads (PyTorch's, the tokenizer's,
+            # a server's) can deadlock the child on a lock some thread held at the fork
+            ctx = mp.get_context("forkserver")
+            ctx.set_forkserver_preload(["electra.data.prepare"])
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(tok.to_str(),)) as pool:
                 n_tokens = _drain(_bounded_map(pool, work, args, 2 * workers), writers, bar, stats)
     except BaseException:
         bar.close()

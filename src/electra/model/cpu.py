@@ -1,8 +1,9 @@
 """Fast CPU kernels for eager training, beside the plain model path (MosaicBERT keeps its kernels apart too).
 
 `use_cpu_kernels(module)` is the one switch: it swaps these in for the encoders and the generator head of
-a module, keeping every parameter. Each kernel runs only in eager CPU training (CUDA and compiled graphs
-have fused dropout and attention kernels of their own) and otherwise defers to the plain path; each has
+a module, keeping every parameter. Each kernel runs only in eager CPU runs (CUDA and compiled graphs
+have fused kernels of their own; dropout and attention by hand only in training, the mask and unpadding
+shortcuts and the blocked projection in inference too) and otherwise defers to the plain path; each has
 a test that it equals the plain path (tests/test_model.py). Where the time went, and what each bought,
 on which CPU: BENCHMARKS.md.
 
@@ -33,7 +34,7 @@ def use_cpu_kernels(module: nn.Module) -> nn.Module:
     """Swap the fast CPU kernels into every encoder and generator head of `module` (in place; the same
     parameters and state dict). Returns the module."""
     for m in list(module.modules()):
-        if isinstance(m, Encoder):
+        if type(m) is Encoder or type(m) is CpuEncoder:
             m.__class__ = CpuEncoder
             for name, child in list(m.named_modules()):
                 if type(child) is nn.Dropout:

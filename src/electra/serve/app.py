@@ -165,6 +165,8 @@ async def _read(request: Request, endpoint: str, backend: Backend, limits: Limit
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _Refused(400, f"the body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise _Refused(400, "the body's JSON is nested too deeply") from None
     if not isinstance(data, dict) or "inputs" not in data:
         raise _Refused(400, 'the body must be a JSON object {"inputs": [...]}')
     inputs = data["inputs"]
@@ -175,6 +177,9 @@ async def _read(request: Request, endpoint: str, backend: Backend, limits: Limit
     for n, item in enumerate(inputs):
         if _chars(item) > limits.max_text_chars:
             raise _Refused(413, f"input {n + 1} has {_chars(item):,} characters; the limit is {limits.max_text_chars:,}")
+    if endpoint == "predict" and backend.model.task == "qa":  # ids by position in this request, not in the batch
+        inputs = [{**item, "id": item.get("id", str(n))} if isinstance(item, dict) else item
+                  for n, item in enumerate(inputs)]
     options = {k: v for k, v in data.items() if k != "inputs"}
     _check_options(endpoint, options, backend)
     try:

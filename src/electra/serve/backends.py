@@ -37,15 +37,15 @@ class Backend:
 
     def run(self, endpoint: str, inputs: list, options: dict) -> list:
         """One result per input (called on the model thread)."""
-        m = self.model
+        m, n = self.model, len(inputs)  # the batcher's batch is the model's batch
         if endpoint == "predict":
-            return m.predict(inputs, top_k=options.get("top_k"))
+            return m.predict(inputs, top_k=options.get("top_k"), batch_size=n)
         if endpoint == "detect":
-            return m.detect(inputs)
+            return m.detect(inputs, batch_size=n)
         if endpoint == "fill-mask":
-            return m.fill_mask(inputs, top_k=options.get("top_k") or 5)
+            return m.fill_mask(inputs, top_k=options.get("top_k") or 5, batch_size=n)
         if endpoint == "embed":
-            return m.embed(inputs, pooling=options.get("pooling", "mean")).tolist()
+            return m.embed(inputs, pooling=options.get("pooling", "mean"), batch_size=n).tolist()
         raise ValueError(endpoint)
 
 
@@ -54,16 +54,16 @@ def load_backend(model: str, backend: str) -> Backend:
     directory, or exports the model to one first (kept in MODEL-onnx/ beside it when that is free)."""
     if backend == "torch":
         return Backend(load(model), "torch")
-    from electra.onnx_export import export_onnx, is_onnx_dir
+    from electra.onnx_export import export_onnx, is_current, is_onnx_dir
     from electra.pretrained import resolve
 
     directory = resolve(model)
     if not is_onnx_dir(directory):
         target = Path(str(Path(model).resolve()) + "-onnx")
-        if not is_onnx_dir(target):
-            if target.exists():
-                raise UserError(f"--backend onnx exports {model} to {target}, which exists; export it yourself with "
-                                "`electra export --format onnx --out DIR` and serve DIR")
-            export_onnx(model, target)
+        if target.exists() and not is_onnx_dir(target):
+            raise UserError(f"--backend onnx exports {model} to {target}, which holds something else; export it "
+                            "yourself with `electra export --format onnx --out DIR` and serve DIR")
+        if not is_onnx_dir(target) or not is_current(target, directory):
+            export_onnx(model, target, overwrite=True)  # first time, or the model changed since
         directory = target
     return Backend(load(directory), "onnx")

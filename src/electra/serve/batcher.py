@@ -89,10 +89,13 @@ class Batcher:
         try:
             results = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self.run, batch[0].endpoint, inputs, batch[0].options)
-        except Exception as e:  # noqa: BLE001 - this batch's requests fail; the server goes on
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(e)
+        except Exception as e:  # noqa: BLE001 - the server goes on
+            if len(batch) > 1:  # one request's input may be the cause: each runs alone, only the culprit fails
+                for job in batch:
+                    await self._run([job], len(job.inputs))
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(e)
             return
         start = 0
         for job in batch:

@@ -119,8 +119,58 @@ def resume_config(saved: dict, model_spec: str | None, flags: dict, vocab_size: 
     return dataclasses.replace(res, train=train), changed
 
 
+@dataclass
+class Init:
+    """--init: the networks a run starts from, and where they came from."""
+
+    discriminator: dict[str, torch.Tensor]  # state dicts of the source networks
+    generator: dict[str, torch.Tensor] | None  # None: the generator starts fresh
+    source: dict  # recorded in run.json
+
+
+def from_pretrained(res: Resolved, src: str, generator_src: str | None, tokenizer_hash_: str) -> tuple[Resolved, Init]:
+    """Continued pretraining: the discriminator (and the generator, when the source has one or
+    --init-generator names one) of existing weights; their architectures replace the configured ones
+    (a fresh generator keeps the configured width ratio; dropout stays as configured)."""
+    from electra.config import generator_config
+    from electra.pretrained import load_pretrained
+
+    pre = load_pretrained(src)
+    if pre.discriminator is None:
+        raise UserError(f"--init {src} has no discriminator (it holds a generator); pass the run, the export, "
+                        "or an ELECTRA discriminator, and the generator as --init-generator")
+    if tokenizer_hash(pre.tokenizer) != tokenizer_hash_:
+        raise UserError(f"the data was prepared with another tokenizer than {src}'s; prepare it again with "
+                        f"`electra prepare --tokenizer {src} ...` so that the vocabularies agree")
+    generator = load_pretrained(generator_src).generator if generator_src else pre.generator
+    if generator_src and generator is None:
+        raise UserError(f"--init-generator {generator_src} holds no generator (ElectraForMaskedLM)")
+    configured = res.model
+    keep = {k: getattr(configured.discriminator, k) for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")}
+    disc = dataclasses.replace(pre.discriminator.config, **keep)
+    if generator is not None:
+        gen = dataclasses.replace(generator.config, **keep)
+    else:
+        gen = generator_config(disc, configured.generator.hidden_size / configured.discriminator.hidden_size)
+    try:
+        model = ElectraConfig(disc, gen)
+    except UserError as e:
+        raise UserError(f"--init: the discriminator and generator do not fit together ({e})") from None
+    gen_state = None
+    if generator is not None:  # the generator's embeddings are the discriminator's (shared), so not its own
+        gen_state = {k: v for k, v in generator.state_dict().items() if not k.startswith("encoder.embeddings.")}
+    source = {"discriminator": str(pre.directory), "generator": str(generator_src or pre.directory)
+              if generator is not None else "fresh", "discriminator_head": pre.has_disc_head}
+    return dataclasses.replace(res, model=model), Init(pre.discriminator.state_dict(), gen_state, source)
+
+
 def claim_run_dir(out: Path, resume: bool, identity: dict, changed: dict, history: list) -> Path | None:
     """Refuse to mix runs; write run.json (with its history); return the checkpoint to resume from."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose a directory")
+    has_run = out.exists() and ((out / RUN_JSON).is_file() or any(out.glob("step-*")))
+    if resume and out.exists() and not has_run and any(p for p in out.iterdir() if not p.name.startswith(".")):
+        raise UserError(f"{out} holds other files but no run to resume; choose the run's directory or a new --out")
     if out.exists() and not resume:
         if (out / RUN_JSON).is_file() or any(out.glob("step-*")):
             raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
@@ -159,15 +209,16 @@ def open_data(data: Path, tokenizer: Path | None) -> tuple[PretrainingData, Pret
 
 
 def pretrain(data: Path, model_spec: str | None, out: Path, *, resume: bool = False, tokenizer: Path | None = None,
-             progress: bool = True, **flags) -> Path:
+             progress: bool = True, init: str | None = None, init_generator: str | None = None, **flags) -> Path:
     """Train; returns the run directory. `flags` are PretrainConfig fields given on the command line
-    (None: not given). Under torchrun every process runs this; they share the work of each global batch."""
+    (None: not given); `init`/`init_generator` start from existing weights. Under torchrun every process
+    runs this; they share the work of each global batch."""
     with joined() as world:
-        return _pretrain(world, data, model_spec, out, resume, tokenizer, progress, flags)
+        return _pretrain(world, data, model_spec, out, resume, tokenizer, progress, flags, (init, init_generator))
 
 
 def _pretrain(world: World, data: Path, model_spec: str | None, out: Path, resume: bool, tokenizer: Path | None,
-              progress: bool, flags: dict) -> Path:
+              progress: bool, flags: dict, init_sources: tuple[str | None, str | None] = (None, None)) -> Path:
     train_data, val_data, tok_dir, tok = open_data(data, tokenizer)
     special = special_ids(tok)
     saved = saved_run(out) if resume else None
@@ -180,6 +231,17 @@ def _pretrain(world: World, data: Path, model_spec: str | None, out: Path, resum
         res, changed = resume_config(saved, model_spec, flags, tok.get_vocab_size(), special.pad)
     else:
         res, changed = resolve_config(model_spec or "small", flags, tok.get_vocab_size(), special.pad), {}
+    init = None
+    if saved is not None and saved.get("init") and not any(out.glob("step-*")):
+        # a run started with --init, stopped before its first checkpoint: start again from those weights
+        src = saved["init"]
+        init_sources = (src["discriminator"], None if src["generator"] in ("fresh", src["discriminator"])
+                        else src["generator"])
+        init = from_pretrained(res, init_sources[0], init_sources[1], train_data.manifest["tokenizer_hash"])[1]
+    elif init_sources[1] and not init_sources[0]:
+        raise UserError("--init-generator goes with --init (the discriminator to start from)")
+    if init_sources[0] and saved is None:  # a resumed run continues from its checkpoint instead
+        res, init = from_pretrained(res, init_sources[0], init_sources[1], train_data.manifest["tokenizer_hash"])
     t = res.train
     check_vocab(tok, res.model.discriminator.vocab_size, str(tok_dir))
     if train_data.seq_len > res.model.discriminator.max_position_embeddings:
@@ -194,7 +256,8 @@ def _pretrain(world: World, data: Path, model_spec: str | None, out: Path, resum
     device = world.device() if world.distributed else pick_device(t.precision)
     check_precision(t.precision, device)
     identity = {**res.to_dict(), "tokenizer_hash": train_data.manifest["tokenizer_hash"],
-                "seq_len": train_data.seq_len, "data": str(Path(data).resolve())}
+                "seq_len": train_data.seq_len, "data": str(Path(data).resolve()),
+                **({"init": init.source} if init else {"init": saved["init"]} if saved and "init" in saved else {})}
     world.check_same({**identity, "out": str(Path(out).resolve()), "resume": resume},
                      "the configuration, the data or the output directory")
     if changed:
@@ -202,15 +265,32 @@ def _pretrain(world: World, data: Path, model_spec: str | None, out: Path, resum
                   + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
     # one process decides, all resume from the same checkpoint
     ckpt = world.from_main(lambda: claim_run_dir(out, resume, identity, changed, (saved or {}).get("history", [])))
-    return _train(world, res, identity, train_data, val_data, tok_dir, special, device, out, ckpt, progress)
+    return _train(world, res, identity, train_data, val_data, tok_dir, special, device, out, ckpt, progress, init)
+
+
+def build_model(res: Resolved, special: SpecialIds, init: Init | None = None) -> ElectraForPretraining:
+    """The initial networks: seeded random weights, or (--init) the source's."""
+    torch.manual_seed(res.train.seed)  # the same initial weights on every process
+    model = ElectraForPretraining(res.model, special, res.objective)
+    if init is not None:
+        missing, unexpected = model.discriminator.load_state_dict(init.discriminator, strict=False)
+        if unexpected or [k for k in missing if not k.startswith("head.")]:
+            raise UserError("--init: the discriminator's weights do not fit its configuration")
+        if init.generator is not None:
+            missing, unexpected = model.generator.load_state_dict(init.generator, strict=False)
+            if unexpected or [k for k in missing if not k.startswith("encoder.embeddings.")]:
+                raise UserError("--init: the generator's weights do not fit its configuration")
+    return model
 
 
 def _train(world: World, res: Resolved, identity: dict, train_data: PretrainingData,
            val_data: PretrainingData | None, tok_dir: Path, special: SpecialIds, device: torch.device, out: Path,
-           ckpt: Path | None, progress: bool) -> Path:
+           ckpt: Path | None, progress: bool, init: Init | None = None) -> Path:
     t = res.train
-    torch.manual_seed(t.seed)  # the same initial weights on every process
-    model = ElectraForPretraining(res.model, special, res.objective).to(device)
+    model = build_model(res, special, init if ckpt is None else None).to(device)
+    if init is not None and ckpt is None:
+        world.say(f"electra: starting from the weights of {init.source['discriminator']} (generator: "
+                  f"{init.source['generator']}); the optimizer starts fresh")
     if ckpt is not None:  # the whole weights first; sharding (FSDP) splits them afterwards
         load_pretraining_state(model, {k: v.to(device) for k, v in read_weights(ckpt).items()}, ckpt)
     if t.strategy == "fsdp" and not world.distributed:
