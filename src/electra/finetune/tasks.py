@@ -7,6 +7,7 @@ the same for all four."""
 from __future__ import annotations
 
 import sys
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def _truncate_pair(a: list[int], b: list[int] | None, budget: int) -> bool:
     return cut
 
 
-class Task:
+class Task(ABC):
     """Base: file reading, encoding, loss, decoding, metrics for one kind of task."""
 
     name: str
@@ -96,9 +97,9 @@ class Task:
     def num_labels(self) -> int:
         return len(self.labels) if self.labels else 1
 
+    @abstractmethod
     def examples_from(self, inputs: list) -> list:
         """Examples from Python objects (the Python API and the server): what `read` makes from a file."""
-        raise NotImplementedError
 
     def describe(self, examples, features, outputs: list[np.ndarray], n_best: int = 1,
                  top_k: int | None = None) -> list[dict]:
@@ -152,12 +153,13 @@ class SequenceTask(Task):
             raise UserError("mix of single texts and pairs; give all inputs the same shape")
         return examples
 
+    @abstractmethod
     def check_labels(self, path: Path, examples, training: bool, labelled: bool) -> None:
-        raise NotImplementedError
+        """Refuse labels that do not fit the task (and learn the label set when training)."""
 
+    @abstractmethod
     def label_of(self, label: str):
         """The training target of a label as written in the data."""
-        raise NotImplementedError
 
     def encode(self, examples, tok: Tokenizer, special: SpecialIds, max_len: int) -> tuple[list[Feature], int]:
         columns = list(zip(*[ex.texts for ex in examples]))
