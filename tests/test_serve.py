@@ -36,14 +36,27 @@ def model_dir(tmp_path_factory, tokenizer_dir):
     return root
 
 
-class SlowBackend(Backend):
-    """The real model, slower, and failing on a chosen input."""
+class HeldBackend(Backend):
+    """The real model, held on the model thread until the test releases it, and failing on a chosen input.
+    Every wait is bounded, so a broken server fails the test instead of hanging it."""
+
+    def __init__(self, model):
+        super().__init__(model, "torch")
+        self.computing, self.release = threading.Event(), threading.Event()
 
     def run(self, endpoint, inputs, options):
-        time.sleep(0.3)
+        self.computing.set()
+        assert self.release.wait(30), "the test never released the model"
         if "explode" in inputs:
             raise RuntimeError("boom")
         return super().run(endpoint, inputs, options)
+
+
+def _wait_for(condition, what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 def test_predictions_equal_electra_predict(model_dir, tmp_path):
@@ -83,38 +96,79 @@ def test_bad_requests_get_4xx_with_one_line(model_dir, body, status, message):
 def test_batching_health_failures_and_a_full_queue(model_dir):
     from electra.api import load
 
-    backend = SlowBackend(load(model_dir / "ft"), "torch")
+    backend = HeldBackend(load(model_dir / "ft"))
     app = create_app(backend, max_batch_size=16, max_wait_ms=100, limits=Limits(max_queue=6))
+    results = {}
     with TestClient(app) as client:
-        results = {}
-
         def post(name, inputs):
             results[name] = client.post("/v1/predict", json={"inputs": inputs})
 
-        threads = [threading.Thread(target=post, args=(f"r{i}", [f"text number {i}"])) for i in range(4)]
+        def start(name, inputs):
+            thread = threading.Thread(target=post, args=(name, inputs), daemon=True)
+            thread.start()
+            return thread
+
+        def queued():
+            return client.get("/health").json()["queue"]
+
+        threads = [start(f"r{i}", [f"text number {i}"]) for i in range(4)]
+        assert backend.computing.wait(20)
+        assert client.get("/health").status_code == 200  # answered while the model thread is busy
+        def batched():  # inputs the model thread has taken so far
+            samples = app.state.metrics.batch_size.collect()[0].samples
+            return next(s.value for s in samples if s.name.endswith("_sum"))
+
+        _wait_for(lambda: queued() + batched() == 4, "the requests to queue")
+        backend.release.set()
         for t in threads:
-            t.start()
-        time.sleep(0.15)
-        started = time.perf_counter()
-        assert client.get("/health").status_code == 200  # answered while the batch computes
-        assert time.perf_counter() - started < 0.25
-        for t in threads:
-            t.join()
-        assert all(r.status_code == 200 for r in results.values())
+            t.join(30)
+        assert sorted(results) == ["r0", "r1", "r2", "r3"] and all(r.status_code == 200 for r in results.values())
         batches = app.state.metrics.batch_size.collect()[0].samples
         count = next(s.value for s in batches if s.name.endswith("_count"))
         assert count < 4, "concurrent requests were not batched"
         # a failing batch fails its own requests (500); the next request is served
         assert client.post("/v1/predict", json={"inputs": ["explode"]}).status_code == 500
         assert client.post("/v1/predict", json={"inputs": ["fine"]}).status_code == 200
-        # more inputs than the queue holds: 503 with Retry-After
-        threads = [threading.Thread(target=post, args=(f"q{i}", ["a", "b", "c"])) for i in range(4)]
+        # more inputs than the queue holds: 503 with Retry-After, at once
+        backend.computing.clear()
+        backend.release.clear()
+        threads = [start("busy", ["a", "b", "c"])]
+        assert backend.computing.wait(20)  # the model holds this one; the queue is empty again
+        threads += [start(f"q{i}", ["a", "b", "c"]) for i in range(2)]
+        _wait_for(lambda: queued() == 6, "six inputs to queue")
+        full = client.post("/v1/predict", json={"inputs": ["d"]})
+        assert full.status_code == 503 and full.headers["retry-after"] == "1" and "queue is full" in full.json()["error"]
+        backend.release.set()
         for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        full = [r for r in results.values() if r.status_code == 503]
-        assert full and full[0].headers["retry-after"] == "1" and "queue is full" in full[0].json()["error"]
+            t.join(30)
+        assert all(results[k].status_code == 200 for k in ("busy", "q0", "q1"))
+
+
+def test_stopping_answers_every_waiting_request():
+    """A batcher that stops while requests wait (one in the model, two queued) fails them with Stopping:
+    neither the clients nor the shutdown wait for batches that will never run."""
+    import asyncio
+
+    from electra.serve.batcher import Batcher, Stopping
+
+    release = threading.Event()
+
+    def run(endpoint, inputs, options):
+        release.wait(30)
+        return inputs
+
+    async def scenario():
+        batcher = Batcher(run, max_batch_size=1, max_wait_ms=1)
+        batcher.start()
+        requests = [asyncio.ensure_future(batcher.submit("predict", [f"x{i}"], {})) for i in range(3)]
+        while batcher.waiting != 2:  # one in the model thread, two queued
+            await asyncio.sleep(0.01)
+        asyncio.get_running_loop().call_later(0.3, release.set)  # the running batch ends after stop began
+        await asyncio.wait_for(batcher.stop(), 30)
+        return await asyncio.wait_for(asyncio.gather(*requests, return_exceptions=True), 30)
+
+    answers = asyncio.run(scenario())
+    assert all(isinstance(a, Stopping) for a in answers), answers
 
 
 def test_onnx_backend_gives_the_same_predictions(model_dir, tmp_path):
@@ -154,7 +208,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(model_dir):
         assert sender.is_alive(), "the request finished before SIGTERM could be sent"
         time.sleep(0.002)
     proc.terminate()
-    sender.join()
+    sender.join(60)
     assert proc.wait(timeout=30) == 0, proc.stderr.read()
     assert answers and answers[0].status_code == 200 and len(answers[0].json()["outputs"]) == 256
 
@@ -176,7 +230,8 @@ def test_one_bad_input_fails_its_own_request_only(model_dir):
     """A batch that fails is run again request by request: the culprit gets its error, the others answers."""
     from electra.api import load
 
-    backend = SlowBackend(load(model_dir / "ft"), "torch")
+    backend = HeldBackend(load(model_dir / "ft"))
+    backend.release.set()
     with TestClient(create_app(backend, max_batch_size=16, max_wait_ms=200)) as client:
         results = {}
         threads = [threading.Thread(target=lambda n=n, x=x: results.__setitem__(
@@ -184,6 +239,6 @@ def test_one_bad_input_fails_its_own_request_only(model_dir):
         for t in threads:
             t.start()
         for t in threads:
-            t.join()
+            t.join(60)
         assert [results[n].status_code for n in range(3)] == [200, 500, 200]
         assert client.post("/v1/predict", content=b"[" * 100_000).status_code == 400  # nested too deeply

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from electra.errors import UserError
 from electra.serve.backends import Backend
-from electra.serve.batcher import Batcher, QueueFull
+from electra.serve.batcher import Batcher, QueueFull, Stopping
 
 
 @dataclass
@@ -87,6 +87,8 @@ def create_app(backend: Backend, max_batch_size: int = 64, max_wait_ms: float = 
         except QueueFull:
             return error(503, f"the queue is full ({limits.max_queue} inputs wait); retry shortly",
                          {"Retry-After": "1"})
+        except Stopping:
+            return error(503, "the server is stopping", {"Retry-After": "1"})
         except UserError as e:
             return error(400, str(e))
         except Exception as e:  # noqa: BLE001 - this batch failed; the server goes on

@@ -2,7 +2,8 @@
 thread takes up to `max_batch_size` inputs of one endpoint, or what arrived within `max_wait_ms` of
 the first, runs them as one batch, and hands each request its results. The event loop never runs the
 model, so /health answers while a batch computes. A full queue is refused (QueueFull), never grown; an
-exception in a batch fails that batch's requests only."""
+exception in a batch fails that batch's requests only. Stopping answers every request still waiting
+(Stopping), so no client and no shutdown ever waits for a batch that will not run."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ class QueueFull(Exception):
     """More inputs are waiting than the queue holds."""
 
 
-@dataclass
+class Stopping(Exception):
+    """The server stopped before this request's batch ran."""
+
+
+@dataclass(eq=False)
 class Job:
     endpoint: str
     inputs: list
@@ -36,6 +41,7 @@ class Batcher:
         self.max_queue = max_queue
         self.on_batch = on_batch or (lambda n: None)
         self.jobs: asyncio.Queue[Job] = asyncio.Queue()
+        self.pending: set[Job] = set()  # submitted, not yet answered
         self.waiting = 0  # inputs queued, not yet taken by the model thread
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="electra-model")
         self.task: asyncio.Task | None = None
@@ -51,15 +57,23 @@ class Batcher:
                 await self.task
             except asyncio.CancelledError:
                 pass
-        self.executor.shutdown(wait=True)
+        for job in self.pending:
+            if not job.future.done():
+                job.future.set_exception(Stopping())
+        self.pending.clear()
+        await asyncio.to_thread(self.executor.shutdown, wait=True)  # the batch running now ends; the loop goes on
 
     async def submit(self, endpoint: str, inputs: list, options: dict) -> list:
         if self.waiting + len(inputs) > self.max_queue:
             raise QueueFull
         self.waiting += len(inputs)
         job = Job(endpoint, inputs, options, asyncio.get_running_loop().create_future())
-        await self.jobs.put(job)
-        return await job.future
+        self.pending.add(job)
+        try:
+            await self.jobs.put(job)
+            return await job.future
+        finally:
+            self.pending.discard(job)
 
     async def _loop(self) -> None:
         held: Job | None = None  # a job of another endpoint or options, waiting for the next batch
