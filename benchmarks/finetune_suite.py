@@ -79,7 +79,7 @@ def pending_runs(args, results: dict, common: list[str], model_dir: Path, tokeni
             runs = row["runs"].setdefault(str(seed), {})
             for arm, src in (("pretrained", ["--model", str(model_dir)]),
                              ("scratch", ["--model", args.size, "--tokenizer", tokenizer])):
-                if arm not in runs:
+                if arm not in runs and arm in args.arms:
                     pending.append((name, seed, arm, src, task, train_path, data / dev, common + flags))
 
     return pending
@@ -104,6 +104,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1,
                     help="fine-tuning runs at a time (each is its own process; useful on a GPU)")
     ap.add_argument("--only", nargs="*", help="run only these tasks (names as in the table)")
+    ap.add_argument("--threads", type=int, help="threads per run (default: the CPUs' share of each of --jobs)")
+    ap.add_argument("--arms", nargs="+", choices=["pretrained", "scratch"], default=["pretrained", "scratch"],
+                    help="run only these arms (a study of several models runs the scratch arm once)")
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     args = ap.parse_args()
     DATA = args.data_root
@@ -135,7 +138,7 @@ def main() -> None:
 
     # side by side, each run gets its share of the CPUs: OpenMP threads without a free core make a
     # step many times slower (BENCHMARKS.md, "Threads")
-    threads = max(1, usable_cpus() // max(1, args.jobs))
+    threads = args.threads or max(1, usable_cpus() // max(1, args.jobs))
 
     def run(job):
         name, seed, arm, src, task, train_path, dev_path, flags = job

@@ -261,7 +261,7 @@ def test_non_finite_loss_skips_the_update_then_stops(tmp_path):
         def __init__(self):
             self.model = torch.nn.Linear(2, 1)
 
-        def counts(self, batch):
+        def counts(self, batch, step):
             return torch.ones(1)
 
         def loss(self, batch, step, totals):

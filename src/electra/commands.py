@@ -142,7 +142,7 @@ def tokenizer_train(*, corpus: list[str], vocab_size: int = 30522, out: Path, ca
 
 def prepare(*, corpus: list[str], tokenizer: Path, out: Path, seq_len: int = 128, workers: int = 0, seed: int = 0,
             val_every: int = 100, text_field: str = "text", split_sentences: bool = True,
-            overwrite: bool = False) -> None:
+            overwrite: bool = False, words: Literal["pieces", "jieba"] = "pieces") -> None:
     """Tokenize a corpus into pretraining examples: memory-mappable token shards plus a manifest.
 
     Reads plain text (one paragraph or sentence per line, a blank line between documents) and .jsonl
@@ -161,6 +161,9 @@ def prepare(*, corpus: list[str], tokenizer: Path, out: Path, seq_len: int = 128
         text_field: the field holding the text in .jsonl files
         split_sentences: split paragraph lines into sentences before packing
         overwrite: replace an existing prepared directory at OUT
+        words: where whole-word masking finds words: pieces (a piece without the ## mark starts a word; right
+            for English and other space-separated text) or jieba (Chinese word segmentation, stored beside the
+            shards; needs `pip install jieba`)
     """
     from electra.data.corpus import ReadStats
     from electra.data.prepare import prepare as run_prepare
@@ -169,7 +172,7 @@ def prepare(*, corpus: list[str], tokenizer: Path, out: Path, seq_len: int = 128
         raise UserError(f"--workers must be >= 0 (got {workers})")
     m = run_prepare(corpus, tokenizer, out, seq_len, workers=workers, seed=seed, val_every=val_every,
                     text_field=text_field, split_sentences=split_sentences, overwrite=overwrite,
-                    progress=sys.stderr.isatty())
+                    progress=sys.stderr.isatty(), words=words)
     c = m["corpus"]
     skipped = ReadStats(skipped_lines=c["skipped_lines"], undecodable_lines=c["undecodable_lines"]).skipped()
     print(f"wrote {out}: {m['train']['examples']:,} train and {m['validation']['examples']:,} validation examples "
@@ -185,8 +188,10 @@ def pretrain(*, data: Path, model: str | None = None, out: Path, max_steps: int 
              grad_accum: int | None = None, compile: bool = False, warmup_steps: int | None = None,
              eval_every: int | None = None, log_every: int | None = None, keep_last: int | None = None,
              tokenizer: Path | None = None, strategy: Literal["ddp", "fsdp"] | None = None,
-             init: str | None = None, init_generator: str | None = None) -> None:
-    """Pretrain ELECTRA (generator + discriminator) on data made by `electra prepare`.
+             init: str | None = None, init_generator: str | None = None,
+             objective: Literal["electra", "mlm"] | None = None) -> None:
+    """Pretrain ELECTRA (generator + discriminator), or the BERT-style masked-LM baseline, on data made by
+    `electra prepare`.
 
     AdamW (weight decay 0.01, none on LayerNorm and biases), linear warm-up then linear decay,
     clipping at 1.0. Checkpoints go to OUT/step-<8-digit step>/ (atomic; the last K kept); metrics to
@@ -223,6 +228,9 @@ def pretrain(*, data: Path, model: str | None = None, out: Path, max_steps: int 
             with its tokenizer; the optimizer starts fresh; run.json records the source
         init_generator: the generator to start from (a run, export or Hugging Face ElectraForMaskedLM
             directory; default: --init's, or a fresh one of the configured width when it has none)
+        objective: electra (replaced-token detection, the default) or mlm (BERT's masked LM on the
+            discriminator-sized encoder: 80% [MASK], 10% random, 10% kept; exported as ElectraForMaskedLM).
+            Both log their cumulative training FLOPs as `flops` in metrics.jsonl, to compare them at equal compute
     """
     from electra.config import parse_duration
     from electra.train.pretrain import pretrain as run_pretrain
@@ -230,7 +238,7 @@ def pretrain(*, data: Path, model: str | None = None, out: Path, max_steps: int 
     flags = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed, save_every=save_every,
                  precision=precision, grad_accum=grad_accum, warmup_steps=warmup_steps, eval_every=eval_every,
                  log_every=log_every, keep_last=keep_last, time_budget_s=parse_duration(time_budget),
-                 compile=compile or None, dropout=dropout, strategy=strategy)
+                 compile=compile or None, dropout=dropout, strategy=strategy, objective=objective)
     run_pretrain(data, model, out, resume=resume, tokenizer=tokenizer, init=init, init_generator=init_generator,
                  **flags)
 
@@ -283,7 +291,8 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, confi
 
     Args:
         task: classification, regression, ner or qa
-        model: our run/model directory or export, a Hugging Face ELECTRA directory, or a size (tiny, small, base, large) for a random start
+        model: our run/model directory or export (ELECTRA: its discriminator; mlm: its masked LM's encoder), a Hugging Face
+            ELECTRA directory, or a size (tiny, small, base, large) or a model YAML file (a recipe) for a random start
         train: the training file
         dev: the dev file (scored every epoch; the best epoch is kept)
         out: directory for the fine-tuned model, metrics and reports

@@ -177,30 +177,66 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+ObjectiveKind = Literal["electra", "mlm"]
+EmbeddingSharing = Literal["es", "gdes", "nes"]
+# settings that only replaced-token detection has; `--objective mlm` refuses them when given
+ELECTRA_ONLY = ("gen_weight", "disc_weight", "temperature", "embedding_sharing")
+
+
 @dataclass
 class ObjectiveConfig:
-    """Settings of the replaced-token-detection objective (defaults: the paper's)."""
+    """Settings of the pretraining objective (defaults: the paper's ELECTRA; for mlm, BERT's).
 
+    Settings left at None take the objective's default; the ELECTRA-only ones must stay None for mlm."""
+
+    kind: ObjectiveKind = "electra"
+    """electra: a generator corrupts, the discriminator detects replaced tokens. mlm: BERT's masked LM on
+    the discriminator-sized encoder, no generator (the baseline of the paper's equal-compute claim)."""
     mask_prob: float = 0.15
-    """Fraction of maskable tokens the generator must predict."""
-    mask_token_prob: float = 0.85
-    """Of those, the fraction replaced by [MASK]; the rest keep their token (no random replacement)."""
-    gen_weight: float = 1.0
-    """Weight of the generator's MLM loss."""
-    disc_weight: float = 50.0
-    """Weight of the discriminator's binary cross-entropy."""
-    temperature: float = 1.0
-    """Sampling temperature of the generator's softmax."""
+    """Fraction of maskable tokens to predict."""
+    mask_token_prob: float | None = None
+    """Of those, the fraction replaced by [MASK] (electra 0.85, mlm 0.8)."""
+    random_token_prob: float | None = None
+    """Of those, the fraction replaced by a random token (electra 0, mlm 0.1); the rest keep their token."""
+    whole_word_mask: bool = False
+    """Mask whole words (all their pieces); needs data prepared with word boundaries. Rate and cap stay per token."""
+    gen_weight: float | None = None
+    """electra: weight of the generator's MLM loss (1)."""
+    disc_weight: float | None = None
+    """electra: weight of the discriminator's binary cross-entropy (50)."""
+    temperature: float | None = None
+    """electra: sampling temperature of the generator's softmax (1)."""
+    embedding_sharing: EmbeddingSharing | None = None
+    """electra: es shares the embeddings (the paper); gdes gives the discriminator stop-gradient(generator's)
+    plus a zero-initialised residual of its own (DeBERTa-V3); nes shares nothing."""
 
     def __post_init__(self) -> None:
+        if self.kind not in ("electra", "mlm"):
+            raise UserError(f"the objective must be electra or mlm (got {self.kind!r})")
+        if self.kind == "mlm":
+            given = [k for k in ELECTRA_ONLY if getattr(self, k) is not None]
+            if given:
+                raise UserError(f"ELECTRA-only settings given ({', '.join(given)}); the mlm objective has no "
+                                "generator or discriminator loss: remove them, or use --objective electra")
+        defaults = {"mask_token_prob": 0.85, "random_token_prob": 0.0, "gen_weight": 1.0, "disc_weight": 50.0,
+                    "temperature": 1.0, "embedding_sharing": "es"} if self.kind == "electra" \
+            else {"mask_token_prob": 0.8, "random_token_prob": 0.1}
+        for k, v in defaults.items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
         if not 0.0 < self.mask_prob < 1.0:
             raise UserError(f"mask_prob must be in (0, 1) (got {self.mask_prob})")
-        if not 0.0 <= self.mask_token_prob <= 1.0:
-            raise UserError(f"mask_token_prob must be in [0, 1] (got {self.mask_token_prob})")
-        if self.gen_weight < 0 or self.disc_weight < 0:
-            raise UserError("gen_weight and disc_weight must be >= 0")
-        if self.temperature <= 0:
-            raise UserError(f"temperature must be > 0 (got {self.temperature})")
+        if not (0.0 <= self.mask_token_prob <= 1.0 and 0.0 <= self.random_token_prob <= 1.0
+                and self.mask_token_prob + self.random_token_prob <= 1.0):
+            raise UserError(f"mask_token_prob and random_token_prob must be in [0, 1] and add up to at most 1 "
+                            f"(got {self.mask_token_prob} and {self.random_token_prob})")
+        if self.kind == "electra":
+            if self.gen_weight < 0 or self.disc_weight < 0:
+                raise UserError("gen_weight and disc_weight must be >= 0")
+            if self.temperature <= 0:
+                raise UserError(f"temperature must be > 0 (got {self.temperature})")
+            if self.embedding_sharing not in ("es", "gdes", "nes"):
+                raise UserError(f"embedding_sharing must be es, gdes or nes (got {self.embedding_sharing!r})")
 
     def max_predictions(self, seq_len: int) -> int:
         """The official cap on masked positions per sequence."""

@@ -16,10 +16,10 @@ from tokenizers import Tokenizer
 
 from electra import hf
 from electra.checkpoint import ELECTRA_JSON, newest_checkpoint, read_weights, step_dirs
-from electra.config import ElectraConfig, ModelConfig, SpecialIds, read_json
+from electra.config import ElectraConfig, ModelConfig, ObjectiveConfig, SpecialIds, read_json
 from electra.data.tokenizer import check_vocab, is_lowercase, load_tokenizer, save_tokenizer, special_ids
 from electra.errors import UserError
-from electra.model.electra import ElectraForPretraining
+from electra.model.electra import ElectraForPretraining, MaskedLMForPretraining, pretraining_model
 from electra.model.heads import Discriminator, Generator
 
 
@@ -49,19 +49,28 @@ class Pretrained:
         return net
 
 
-def pretraining_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The state to save: the generator's embeddings are the discriminator's, so stored once."""
+def shares_embeddings(objective: ObjectiveConfig) -> bool:
+    """Whether the generator's embeddings are the discriminator's (es), so stored once, under the discriminator."""
+    return objective.kind == "electra" and objective.embedding_sharing == "es"
+
+
+def pretraining_state(state: dict[str, torch.Tensor], objective: ObjectiveConfig | None = None) -> dict[str, torch.Tensor]:
+    """The state to save (shared embeddings once)."""
+    if not shares_embeddings(objective or ObjectiveConfig()):
+        return state
     return {k: v for k, v in state.items() if not k.startswith("generator.encoder.embeddings.")}
 
 
-def load_pretraining_state(model: ElectraForPretraining, state: dict[str, torch.Tensor], where: Path) -> None:
+def load_pretraining_state(model: ElectraForPretraining | MaskedLMForPretraining, state: dict[str, torch.Tensor],
+                           where: Path) -> None:
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise UserError(f"the weights in {where} do not fit its configuration ({str(e).splitlines()[-1].strip()})") from None
-    missing = [k for k in missing if not k.startswith("generator.encoder.embeddings.")]
+    if shares_embeddings(model.objective):
+        missing = [k for k in missing if not k.startswith("generator.encoder.embeddings.")]
     if missing or unexpected:
-        raise UserError(f"the weights in {where} do not match an ELECTRA pretraining model "
+        raise UserError(f"the weights in {where} do not match its {model.objective.kind} pretraining model "
                         f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
 
 
@@ -123,9 +132,14 @@ def _load_ours(directory: Path) -> Pretrained:
     tok = load_tokenizer(directory)
     check_vocab(tok, cfg.discriminator.vocab_size, str(directory))
     special = special_ids(tok, f"the tokenizer in {directory}")
-    model = ElectraForPretraining(cfg, special)
+    try:
+        objective = ObjectiveConfig(**meta.get("objective", {}))
+    except TypeError as e:
+        raise UserError(f"{directory / ELECTRA_JSON} has an objective section this version does not know ({e})") from None
+    model = pretraining_model(cfg, special, objective)
     load_pretraining_state(model, read_weights(directory), directory)
-    return Pretrained(model.discriminator, model.generator, tok, special, directory, "electra", meta=meta)
+    disc = model.plain_discriminator() if objective.kind == "electra" else None  # gdes folded into plain embeddings
+    return Pretrained(disc, model.generator, tok, special, directory, "electra", meta=meta)
 
 
 def _load_hf(directory: Path) -> Pretrained:

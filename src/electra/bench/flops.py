@@ -19,12 +19,15 @@ def encoder_forward(cfg: ModelConfig, seq_len: int) -> float:
     return project + cfg.num_hidden_layers * per_layer
 
 
-def pretraining_step(cfg: ElectraConfig, seq_len: int, mask_fraction: float) -> float:
-    """FLOPs per token of one pretraining step (forward and backward of both networks)."""
+def pretraining_step(cfg: ElectraConfig, seq_len: int, mask_fraction: float, objective: str = "electra") -> float:
+    """FLOPs per token position of one pretraining step: forward and backward of the generator (the masked
+    LM, for `mlm`, of the discriminator's size) and, for ELECTRA, of the discriminator."""
     d, g = cfg.discriminator, cfg.generator
-    disc = encoder_forward(d, seq_len) + 2 * d.hidden_size * d.hidden_size + 2 * d.hidden_size  # + RTD head
     gen_head = 2 * g.hidden_size * g.embedding_size + 2 * g.embedding_size * g.vocab_size  # per masked position
     gen = encoder_forward(g, seq_len) + mask_fraction * gen_head
+    if objective == "mlm":
+        return 3.0 * gen
+    disc = encoder_forward(d, seq_len) + 2 * d.hidden_size * d.hidden_size + 2 * d.hidden_size  # + RTD head
     return 3.0 * (disc + gen)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import os
 import random
 import re
@@ -338,8 +339,12 @@ class Chunk:
 
 
 def build_chunk(chunk: Chunk, seq_len: int, seed: int, cls: int, sep: int, pad: int,
-                dtype: str, split: bool) -> tuple[np.ndarray, np.ndarray, int]:
-    """Tokenize a chunk's documents and build examples: (train rows, validation rows, tokens)."""
+                dtype: str, split: bool, words: str = "pieces") -> tuple[np.ndarray, np.ndarray, int, list]:
+    """Tokenize a chunk's documents and build examples: (train rows, validation rows, tokens, word rows).
+
+    words="jieba": the word boundaries of Chinese word segmentation, as (n, ceil(seq_len / 8)) bit rows
+    per split (bit set: the token starts a word); else the word rows are None (pieces without the `##`
+    continuation mark start words, so nothing needs storing)."""
     tok = _worker_tokenizer
     rng = random.Random(f"{seed}-{chunk.index}")
     sentences, doc_ends = [], []
@@ -348,27 +353,52 @@ def build_chunk(chunk: Chunk, seq_len: int, seed: int, cls: int, sep: int, pad: 
             sentences.extend(split_sentences(para) if split else [para])
         doc_ends.append(len(sentences))
     encodings = tok.encode_batch(sentences, add_special_tokens=False) if sentences else []
+    # with word boundaries, the builder carries id * 2 + starts-a-word: the same packing, one list
+    sequences = ([_with_word_starts(enc, s) for enc, s in zip(encodings, sentences)] if words == "jieba"
+                 else [enc.ids for enc in encodings])
+    marks = (cls * 2 + 1, sep * 2 + 1) if words == "jieba" else (cls, sep)
     out: dict[bool, list[list[int]]] = {False: [], True: []}
-    builder = ExampleBuilder(seq_len, rng, cls, sep)
+    builder = ExampleBuilder(seq_len, rng, *marks)
     start = 0
     n_tokens = 0
     for end, held_out in zip(doc_ends, chunk.validation):
-        for enc in encodings[start:end]:
-            ex = builder.add_sentence(enc.ids)
+        for ids in sequences[start:end]:
+            ex = builder.add_sentence(ids)
             if ex is not None:
                 out[held_out].append(ex)
         ex = builder.end_document()
         if ex is not None:
             out[held_out].append(ex)
         start = end
-    arrays = []
+    arrays, word_arrays = [], []
     for held_out in (False, True):
         rows = np.full((len(out[held_out]), seq_len), pad, dtype=dtype)
+        starts = np.ones((len(out[held_out]), seq_len), dtype=bool)
         for i, ex in enumerate(out[held_out]):
-            rows[i, : len(ex)] = ex
+            if words == "jieba":
+                packed = np.asarray(ex, dtype=np.int64)
+                rows[i, : len(ex)] = packed >> 1
+                starts[i, : len(ex)] = (packed & 1).astype(bool)
+            else:
+                rows[i, : len(ex)] = ex
             n_tokens += len(ex)
         arrays.append(rows)
-    return arrays[0], arrays[1], n_tokens
+        word_arrays.append(np.packbits(starts, axis=1) if words == "jieba" else None)
+    return arrays[0], arrays[1], n_tokens, word_arrays
+
+
+def _with_word_starts(encoding, sentence: str) -> list[int]:
+    """Token ids packed as id * 2 + (1 if the token starts a segmented word)."""
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)  # not its "Building prefix dict" lines
+
+    boundaries, at = set(), 0
+    for word in jieba.lcut(sentence):
+        boundaries.add(at)
+        at += len(word)
+    return [i * 2 + int(s in boundaries and not t.startswith("##"))
+            for i, (s, _), t in zip(encoding.ids, encoding.offsets, encoding.tokens)]
 
 
 def chunks(docs: Iterator[list[str]], chunk_chars: int, val_every: int) -> Iterator[Chunk]:

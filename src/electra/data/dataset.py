@@ -19,10 +19,11 @@ class Batch:
     attention_mask: torch.Tensor  # (B, T)
     token_type_ids: torch.Tensor  # (B, T)
     example_index: torch.Tensor  # (B,) global example ids: the key of this example's randomness
+    word_start: torch.Tensor | None = None  # (B, T) bool: the first piece of each word (whole-word masking)
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=non_blocking) for t in
-                       (self.input_ids, self.attention_mask, self.token_type_ids, self.example_index)))
+        return Batch(*(None if t is None else t.to(device, non_blocking=non_blocking) for t in
+                       (self.input_ids, self.attention_mask, self.token_type_ids, self.example_index, self.word_start)))
 
 
 def token_types(ids: np.ndarray, sep: int) -> np.ndarray:
@@ -45,34 +46,63 @@ class PretrainingData:
         self.seq_len = int(self.manifest["seq_len"])
         self.special = self.manifest["special_ids"]
         dtype = np.dtype(self.manifest["dtype"])
-        self.shards = []
-        for shard in self.manifest[split]["shards"]:
-            path = self.directory / shard["file"]
-            expected = shard["examples"] * self.seq_len * dtype.itemsize
-            if not path.is_file() or path.stat().st_size != expected:
-                raise UserError(f"shard {path} is missing or has the wrong size; run `electra prepare` again")
-            self.shards.append(np.memmap(path, dtype=dtype, mode="r", shape=(shard["examples"], self.seq_len)))
+        self.shards = self._open(self.manifest[split]["shards"], dtype, self.seq_len)
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
         self.size = int(self.offsets[-1])
+        self.split = split
+        self.word_starts: np.ndarray | list | None = None  # set by use_word_starts
+
+    def _open(self, shards: list[dict], dtype: np.dtype, width: int) -> list[np.memmap]:
+        opened = []
+        for shard in shards:
+            path = self.directory / shard["file"]
+            expected = shard["examples"] * width * dtype.itemsize
+            if not path.is_file() or path.stat().st_size != expected:
+                raise UserError(f"shard {path} is missing or has the wrong size; run `electra prepare` again")
+            opened.append(np.memmap(path, dtype=dtype, mode="r", shape=(shard["examples"], width)))
+        return opened
+
+    def use_word_starts(self, tokenizer) -> None:
+        """Batches carry word_start (whole-word masking): from the stored segmentation (--words jieba), or
+        from the vocabulary (a piece without the `##` mark starts a word)."""
+        words = self.manifest.get("words")
+        if words is None:
+            raise UserError(f"whole_word_mask needs word boundaries, and {self.directory} was prepared without them "
+                            "(by an older version); prepare it again with `electra prepare` (add --words jieba for "
+                            "Chinese text, whose words the tokenizer splits into characters)")
+        if words == "jieba":
+            self.word_starts = self._open(self.manifest[self.split]["word_shards"], np.dtype("uint8"),
+                                          (self.seq_len + 7) // 8)
+        else:
+            vocab = tokenizer.get_vocab()
+            self.word_starts = np.ones(len(vocab), dtype=bool)
+            self.word_starts[[i for t, i in vocab.items() if t.startswith("##")]] = False
 
     def __len__(self) -> int:
         return self.size
 
-    def rows(self, index: np.ndarray) -> np.ndarray:
+    def rows(self, index: np.ndarray, shards: list | None = None) -> np.ndarray:
         """Gather rows by global example index (sorted reads per shard)."""
-        out = np.empty((len(index), self.seq_len), dtype=np.int64)
+        shards = self.shards if shards is None else shards
+        out = np.empty((len(index), shards[0].shape[1]), dtype=np.int64)
         shard_of = np.searchsorted(self.offsets, index, side="right") - 1
         for s in np.unique(shard_of):
             sel = shard_of == s
-            out[sel] = self.shards[s][index[sel] - self.offsets[s]]
+            out[sel] = shards[s][index[sel] - self.offsets[s]]
         return out
 
     def batch(self, index: np.ndarray) -> Batch:
         ids = self.rows(index)
         mask = (ids != self.special["pad"]).astype(np.int64)
         types = token_types(ids, self.special["sep"]) * mask
+        starts = None
+        if isinstance(self.word_starts, np.ndarray):
+            starts = torch.from_numpy(self.word_starts[ids])
+        elif self.word_starts is not None:
+            bits = self.rows(index, self.word_starts).astype(np.uint8)
+            starts = torch.from_numpy(np.unpackbits(bits, axis=1, count=self.seq_len).astype(bool))
         return Batch(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(types),
-                     torch.from_numpy(index.astype(np.int64)))
+                     torch.from_numpy(index.astype(np.int64)), starts)
 
     def order(self, epoch: int, seed: int) -> np.ndarray:
         """The example order of an epoch: a permutation fixed by (seed, epoch)."""

@@ -25,10 +25,20 @@ FORMAT = "electra-pretraining-shards"
 def prepare(corpus: list[str | Path], tokenizer_dir: Path, out: Path, seq_len: int = 128, *, workers: int = 0,
             seed: int = 0, val_every: int = 100, text_field: str = "text", split_sentences: bool = True,
             shard_examples: int = 1 << 16, chunk_chars: int = 1 << 20, overwrite: bool = False,
-            progress: bool = True) -> dict:
-    """Tokenize and pack a corpus; returns the manifest (also written to OUT/manifest.json)."""
+            progress: bool = True, words: str = "pieces") -> dict:
+    """Tokenize and pack a corpus; returns the manifest (also written to OUT/manifest.json).
+
+    words: where whole-word masking finds words: "pieces" (a piece without the `##` mark starts one;
+    nothing stored) or "jieba" (Chinese word segmentation; boundaries stored beside the shards)."""
     if seq_len < 8:
         raise UserError(f"--seq-len must be at least 8 (got {seq_len})")
+    if words not in ("pieces", "jieba"):
+        raise UserError(f"--words must be pieces or jieba (got {words!r})")
+    if words == "jieba":
+        try:
+            import jieba  # noqa: F401
+        except ImportError:
+            raise UserError("--words jieba needs the jieba segmenter: pip install 'electra[zh]' (or jieba)") from None
     if not Path(tokenizer_dir).is_dir():
         raise UserError(f"tokenizer directory not found: {tokenizer_dir} (make one with `electra tokenizer train`)")
     tok = load_tokenizer(Path(tokenizer_dir))
@@ -47,11 +57,14 @@ def prepare(corpus: list[str | Path], tokenizer_dir: Path, out: Path, seq_len: i
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     writers = {split: ShardWriter(tmp, split, seq_len, dtype, shard_examples) for split in ("train", "validation")}
+    if words == "jieba":
+        writers.update({f"{split}-words": ShardWriter(tmp, f"{split}-words", (seq_len + 7) // 8, "uint8", shard_examples)
+                        for split in ("train", "validation")})
     stats = ReadStats()
     total_bytes = sum(f.stat().st_size for f in files)
     started = time.perf_counter()
     n_tokens = 0
-    args = (seq_len, seed, special.cls, special.sep, special.pad, dtype, split_sentences)
+    args = (seq_len, seed, special.cls, special.sep, special.pad, dtype, split_sentences, words)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
     work = chunks(read_documents(files, stats, text_field), chunk_chars, val_every)
@@ -89,8 +102,11 @@ def prepare(corpus: list[str | Path], tokenizer_dir: Path, out: Path, seq_len: i
         "format": FORMAT, "format_version": 1, "seq_len": seq_len, "dtype": dtype,
         "tokenizer_hash": tokenizer_hash(tok), "vocab_size": vocab, "lowercase": is_lowercase(tok),
         "special_ids": vars(special),
-        "train": {"shards": writers["train"].shards, "examples": writers["train"].total},
-        "validation": {"shards": writers["validation"].shards, "examples": writers["validation"].total},
+        "train": {"shards": writers["train"].shards, "examples": writers["train"].total,
+                  **({"word_shards": writers["train-words"].shards} if words == "jieba" else {})},
+        "validation": {"shards": writers["validation"].shards, "examples": writers["validation"].total,
+                       **({"word_shards": writers["validation-words"].shards} if words == "jieba" else {})},
+        "words": words,
         "tokens": n_tokens,
         "corpus": {"files": [str(f) for f in files], "bytes": total_bytes, "documents": stats.documents,
                    "lines": stats.lines, "skipped_lines": stats.skipped_lines,
@@ -120,9 +136,12 @@ def _bounded_map(pool, work, args, window: int):
 
 def _drain(results, writers, bar, stats: ReadStats) -> int:
     n_tokens = 0
-    for train_rows, val_rows, tokens in results:
+    for train_rows, val_rows, tokens, word_rows in results:
         writers["train"].write(train_rows)
         writers["validation"].write(val_rows)
+        if word_rows[0] is not None:
+            writers["train-words"].write(word_rows[0])
+            writers["validation-words"].write(word_rows[1])
         n_tokens += tokens
         bar.update(stats.bytes - bar.n)
         bar.set_postfix(examples=writers["train"].total, skipped=stats.skipped_lines, refresh=False)

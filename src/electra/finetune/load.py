@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from electra import hf
 from electra.checkpoint import ELECTRA_JSON, read_weights
-from electra.config import SIZES, ModelConfig, SpecialIds, get_size, read_json
+from electra.config import SIZES, ModelConfig, SpecialIds, model_from_spec, read_json
 from electra.data.tokenizer import check_vocab, is_lowercase, load_tokenizer, save_tokenizer, special_ids
 from electra.errors import UserError
 from electra.finetune.model import HF_ARCHITECTURE, FinetuneModel
@@ -41,12 +41,12 @@ class Finetuned:
 
 def load_encoder_source(src: str, tokenizer: Path | None) -> tuple[ModelConfig, dict | None, Tokenizer, str]:
     """--model of `finetune` -> (encoder config, encoder weights or None for a random start, tokenizer, what)."""
-    if src in SIZES:
+    if src in SIZES or (src.endswith((".yaml", ".yml")) and Path(src).is_file()):  # a size or a recipe: untrained
         if tokenizer is None:
             raise UserError(f"--model {src} starts from random weights and needs --tokenizer DIR "
                             "(e.g. the tokenizer of the pretrained model you compare against)")
         tok = load_tokenizer(tokenizer)
-        cfg = get_size(src).with_vocab(tok.get_vocab_size(), special_ids(tok).pad).discriminator
+        cfg = model_from_spec(src)[0].with_vocab(tok.get_vocab_size(), special_ids(tok).pad).discriminator
         return cfg, None, tok, f"a randomly initialised {src} encoder"
     directory = resolve(src)
     meta = read_json(directory / ELECTRA_JSON, "model config") if (directory / ELECTRA_JSON).is_file() else {}
@@ -55,12 +55,12 @@ def load_encoder_source(src: str, tokenizer: Path | None) -> tuple[ModelConfig, 
         state = {k: v for k, v in ft.model.state_dict().items() if k.startswith("encoder.")}
         return ft.model.config, state, load_tokenizer(tokenizer) if tokenizer else ft.tokenizer, str(directory)
     pre = load_pretrained(directory)
-    if pre.discriminator is None:
-        raise UserError(f"{directory} holds only a generator; fine-tuning starts from the discriminator "
-                        "(pass the run directory or the export's discriminator/)")
-    state = {k: v for k, v in pre.discriminator.state_dict().items() if k.startswith("encoder.")}
+    # an ELECTRA model fine-tunes its discriminator; a masked LM (an mlm run, an ElectraForMaskedLM) its encoder
+    net = pre.discriminator if pre.discriminator is not None else pre.generator
+    state = {k: v for k, v in net.state_dict().items() if k.startswith("encoder.")}
     tok = load_tokenizer(tokenizer) if tokenizer else pre.tokenizer
-    return pre.discriminator.config, state, tok, str(pre.directory)
+    what = str(pre.directory) if pre.discriminator is not None else f"the masked LM's encoder in {pre.directory}"
+    return net.config, state, tok, what
 
 
 def _hf_task(directory: Path) -> str | None:

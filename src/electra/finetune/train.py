@@ -46,7 +46,7 @@ class FinetuneObjective:
         self.model = model
         self.task = task
 
-    def counts(self, batch) -> torch.Tensor:
+    def counts(self, batch, step: int = 0) -> torch.Tensor:
         """Examples, or labelled tokens for NER: the mean loss is over these."""
         if self.task.name == "ner":
             return (batch.labels != IGNORE).sum().float().reshape(1)

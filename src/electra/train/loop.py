@@ -22,7 +22,7 @@ from electra.train.optim import linear_warmup_decay, set_lr
 class Objective(Protocol):
     model: torch.nn.Module  # what to call forward on: the DistributedDataParallel wrapper when distributed
 
-    def counts(self, batch) -> torch.Tensor:
+    def counts(self, batch, step: int) -> torch.Tensor:
         """Additive counts of a micro-batch (e.g. tokens, predictions): the loss denominators."""
 
     def loss(self, batch, step: int, totals: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -47,6 +47,7 @@ class LoopSettings:
     time_budget_s: float | None = None
     max_bad_steps: int = 5
     memory_hint: str = "use a smaller --batch-size"
+    flops_per_step: float = 0.0  # model FLOPs of one optimizer step; rows then log the cumulative `flops`
 
 
 class StopSignal:
@@ -96,7 +97,7 @@ def solo_throughput(objective: Objective, micro_batches, step: int, device: torc
     if not world.distributed or is_sharded(objective.model):
         return 0.0
     micro = next(iter(micro_batches(step))).to(device)
-    totals = objective.counts(micro)
+    totals = objective.counts(micro, step)
     objective.model.train()
     seconds = []
     for _ in range(3):  # the first pass warms up
@@ -191,7 +192,7 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
             lr = set_lr(optimizer, s.peak_lr, linear_warmup_decay(step, s.warmup_steps, s.max_steps))
             model.train()
             micros = [m.to(device, non_blocking=True) for m in micro_batches(step)]
-            totals = world.sum_(sum(objective.counts(m) for m in micros))
+            totals = world.sum_(sum(objective.counts(m, step) for m in micros))
             for i, micro in enumerate(micros):
                 try:
                     with gradient_sync(model, i == len(micros) - 1):  # communicate on the last one only
@@ -225,6 +226,8 @@ def train_loop(objective: Objective, optimizer: torch.optim.Optimizer,
             bar.update(step)
             if step % s.log_every == 0 or step == s.max_steps:
                 row = window.row(step, lr, started, world, solo_rate)
+                if s.flops_per_step:
+                    row["flops"] = float(f"{step * s.flops_per_step:.6g}")
                 log.write(row)
                 bar.show(row)
             if evaluate is not None and s.eval_every and (step % s.eval_every == 0 or step == s.max_steps):

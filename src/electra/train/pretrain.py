@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from electra.bench import flops
 from electra.checkpoint import (ELECTRA_JSON, newest_checkpoint, read_training_state, read_weights,
                                 remove_stale_temporaries, save_checkpoint)
 from electra.config import (DEFAULT_LR, ElectraConfig, ObjectiveConfig, PretrainConfig, SpecialIds, merge_settings,
@@ -21,7 +22,7 @@ from electra.config import (DEFAULT_LR, ElectraConfig, ObjectiveConfig, Pretrain
 from electra.data.dataset import Batch, PretrainingData
 from electra.data.tokenizer import check_vocab, load_tokenizer, special_ids, tokenizer_hash
 from electra.errors import UserError
-from electra.model.electra import ElectraForPretraining
+from electra.model.electra import ElectraForPretraining, MaskedLMForPretraining, pretraining_model
 from electra.pretrained import load_pretraining_state, pretraining_state
 from electra.runtime import check_precision, pick_device
 from electra.train.distributed import World, full_state, joined, load_optimizer_state
@@ -31,27 +32,29 @@ from electra.train.optim import adamw
 from electra.train.parallelize import parallelize
 
 RUN_JSON = "run.json"
-PLOT_PANELS = [("loss", ["gen_loss", "val_gen_loss"]), ("discriminator loss", ["disc_loss", "val_disc_loss"]),
-               ("accuracy", ["disc_acc", "gen_acc", "val_disc_acc"]), ("learning rate", ["lr"]),
+PLOT_PANELS = [("loss", ["gen_loss", "val_gen_loss", "mlm_loss", "val_mlm_loss"]),
+               ("discriminator loss", ["disc_loss", "val_disc_loss"]),
+               ("accuracy", ["disc_acc", "gen_acc", "val_disc_acc", "mlm_acc", "val_mlm_acc"]), ("learning rate", ["lr"]),
                ("throughput", ["tokens_per_s"])]
 # settings a resumed run cannot change and still continue the same run exactly
 FIXED_ON_RESUME = ("batch_size", "seed")
 
 
 class PretrainObjective:
-    """Adapts ElectraForPretraining to the loop: the randomness key is (seed, step, example index)."""
+    """Adapts the pretraining model (ELECTRA or MLM) to the loop: the randomness key is (seed, step, example index)."""
 
-    def __init__(self, model: torch.nn.Module, net: ElectraForPretraining, seed: int):
+    def __init__(self, model: torch.nn.Module, net: ElectraForPretraining | MaskedLMForPretraining, seed: int):
         self.model = model  # what forward is called on (the DDP wrapper when distributed)
         self.net = net
         self.seed = seed
 
-    def counts(self, batch: Batch) -> torch.Tensor:
-        return self.net.counts(batch.input_ids, batch.attention_mask)
+    def counts(self, batch: Batch, step: int) -> torch.Tensor:
+        return self.net.counts(batch.input_ids, batch.attention_mask, batch.example_index, batch.word_start,
+                               step=step, seed=self.seed)
 
     def loss(self, batch: Batch, step: int, totals: torch.Tensor):
         out = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids, batch.example_index,
-                         step=step, seed=self.seed, totals=totals)
+                         batch.word_start, step=step, seed=self.seed, totals=totals)
         return out.loss, out.metrics
 
     def tokens(self, batch: Batch) -> torch.Tensor:
@@ -75,11 +78,19 @@ def resolve_config(model_spec: str, flags: dict, vocab_size: int, pad_id: int) -
     cfg, yaml_data, size = model_from_spec(model_spec)
     flags = dict(flags)
     dropout = flags.pop("dropout", None)
+    kind = flags.pop("objective", None)
     train = dict(yaml_data.get("train", {}))
     if isinstance(train, dict) and "lr" not in train and flags.get("lr") is None:
         train["lr"] = DEFAULT_LR.get(size, 5e-4)
     train_cfg = merge_settings(PretrainConfig, f"{model_spec}: train", train, flags)
-    objective = merge_settings(ObjectiveConfig, f"{model_spec}: objective", yaml_data.get("objective", {}), {})
+    objective = merge_settings(ObjectiveConfig, f"{model_spec}: objective", yaml_data.get("objective", {}),
+                               {"kind": kind})
+    if objective.kind == "mlm":
+        electra_only = [k for k in ("generator_size", "generator") if k in yaml_data]
+        if electra_only:
+            raise UserError(f"{model_spec}: ELECTRA-only settings given ({', '.join(electra_only)}); the mlm objective "
+                            "trains one discriminator-sized masked LM: remove them, or use --objective electra")
+        cfg = ElectraConfig(cfg.discriminator, cfg.discriminator)  # the masked LM has the encoder's size
     if dropout is not None:
         if not 0.0 <= dropout < 1.0:
             raise UserError(f"--dropout must be in [0, 1) (got {dropout})")
@@ -100,15 +111,19 @@ def resume_config(saved: dict, model_spec: str | None, flags: dict, vocab_size: 
     A change that would not continue the same run (model, objective, batch size, seed) is refused."""
     res = Resolved(ElectraConfig.from_dict(saved["model"]), ObjectiveConfig(**saved["objective"]),
                    merge_settings(PretrainConfig, "the saved run", saved["train"], {}), saved.get("size", "?"))
+    kind = flags.get("objective")
+    if kind is not None and kind != res.objective.kind:
+        raise UserError(f"the run in this directory trains the {res.objective.kind} objective, not {kind}; resume "
+                        "without --objective, or choose another --out")
     if model_spec is not None or flags.get("dropout") is not None:
-        given = resolve_config(model_spec or res.size, flags, vocab_size, pad_id)
+        given = resolve_config(model_spec or res.size, {**flags, "objective": res.objective.kind}, vocab_size, pad_id)
         for key in ("model", "objective"):
             if given.to_dict()[key] != res.to_dict()[key]:
                 raise UserError(f"the run in this directory has another {key} configuration than --model "
                                 f"{model_spec or res.size}{' --dropout' if flags.get('dropout') is not None else ''}; "
                                 "resume without --model (the saved settings hold), or choose another --out")
     train = merge_settings(PretrainConfig, "--resume", dataclasses.asdict(res.train),
-                           {k: v for k, v in flags.items() if k != "dropout"})
+                           {k: v for k, v in flags.items() if k not in ("dropout", "objective")})
     changed = {k: [getattr(res.train, k), getattr(train, k)] for k in dataclasses.asdict(train)
                if getattr(train, k) != getattr(res.train, k)}
     refused = [k for k in FIXED_ON_RESUME if k in changed]
@@ -136,17 +151,28 @@ def from_pretrained(res: Resolved, src: str, generator_src: str | None, tokenize
     from electra.pretrained import load_pretrained
 
     pre = load_pretrained(src)
-    if pre.discriminator is None:
-        raise UserError(f"--init {src} has no discriminator (it holds a generator); pass the run, the export, "
-                        "or an ELECTRA discriminator, and the generator as --init-generator")
     if tokenizer_hash(pre.tokenizer) != tokenizer_hash_:
         raise UserError(f"the data was prepared with another tokenizer than {src}'s; prepare it again with "
                         f"`electra prepare --tokenizer {src} ...` so that the vocabularies agree")
+    keep = {k: getattr(res.model.discriminator, k) for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")}
+    if res.objective.kind == "mlm":  # the masked LM starts from the source's masked LM, or its encoder
+        if generator_src:
+            raise UserError("--init-generator is for ELECTRA's generator; the mlm objective starts its masked LM "
+                            "from --init alone")
+        net = pre.generator if pre.discriminator is None else pre.discriminator
+        state = net.state_dict()
+        if pre.discriminator is not None:
+            state = {k: v for k, v in state.items() if k.startswith("encoder.")}  # a fresh masked-LM head
+        cfg = dataclasses.replace(net.config, **keep)
+        source = {"masked_lm": str(pre.directory), "head": "source's" if pre.discriminator is None else "fresh"}
+        return dataclasses.replace(res, model=ElectraConfig(cfg, cfg)), Init({}, state, source)
+    if pre.discriminator is None:
+        raise UserError(f"--init {src} has no discriminator (it holds a generator); pass the run, the export, "
+                        "or an ELECTRA discriminator, and the generator as --init-generator")
     generator = load_pretrained(generator_src).generator if generator_src else pre.generator
     if generator_src and generator is None:
         raise UserError(f"--init-generator {generator_src} holds no generator (ElectraForMaskedLM)")
     configured = res.model
-    keep = {k: getattr(configured.discriminator, k) for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")}
     disc = dataclasses.replace(pre.discriminator.config, **keep)
     if generator is not None:
         gen = dataclasses.replace(generator.config, **keep)
@@ -157,7 +183,7 @@ def from_pretrained(res: Resolved, src: str, generator_src: str | None, tokenize
     except UserError as e:
         raise UserError(f"--init: the discriminator and generator do not fit together ({e})") from None
     gen_state = None
-    if generator is not None:  # the generator's embeddings are the discriminator's (shared), so not its own
+    if generator is not None:  # its embeddings: the discriminator's (es, or as build_model sets them)
         gen_state = {k: v for k, v in generator.state_dict().items() if not k.startswith("encoder.embeddings.")}
     source = {"discriminator": str(pre.directory), "generator": str(generator_src or pre.directory)
               if generator is not None else "fresh", "discriminator_head": pre.has_disc_head}
@@ -235,14 +261,21 @@ def _pretrain(world: World, data: Path, model_spec: str | None, out: Path, resum
     if saved is not None and saved.get("init") and not any(out.glob("step-*")):
         # a run started with --init, stopped before its first checkpoint: start again from those weights
         src = saved["init"]
-        init_sources = (src["discriminator"], None if src["generator"] in ("fresh", src["discriminator"])
-                        else src["generator"])
+        if "masked_lm" in src:
+            init_sources = (src["masked_lm"], None)
+        else:
+            init_sources = (src["discriminator"], None if src["generator"] in ("fresh", src["discriminator"])
+                            else src["generator"])
         init = from_pretrained(res, init_sources[0], init_sources[1], train_data.manifest["tokenizer_hash"])[1]
     elif init_sources[1] and not init_sources[0]:
         raise UserError("--init-generator goes with --init (the discriminator to start from)")
     if init_sources[0] and saved is None:  # a resumed run continues from its checkpoint instead
         res, init = from_pretrained(res, init_sources[0], init_sources[1], train_data.manifest["tokenizer_hash"])
     t = res.train
+    if res.objective.whole_word_mask:
+        for split in (train_data, val_data):
+            if split is not None:
+                split.use_word_starts(tok)
     check_vocab(tok, res.model.discriminator.vocab_size, str(tok_dir))
     if train_data.seq_len > res.model.discriminator.max_position_embeddings:
         raise UserError(f"the data's sequence length {train_data.seq_len} exceeds the model's "
@@ -268,18 +301,28 @@ def _pretrain(world: World, data: Path, model_spec: str | None, out: Path, resum
     return _train(world, res, identity, train_data, val_data, tok_dir, special, device, out, ckpt, progress, init)
 
 
-def build_model(res: Resolved, special: SpecialIds, init: Init | None = None) -> ElectraForPretraining:
-    """The initial networks: seeded random weights, or (--init) the source's."""
+def build_model(res: Resolved, special: SpecialIds, init: Init | None = None) -> ElectraForPretraining | MaskedLMForPretraining:
+    """The initial networks: seeded random weights, or (--init) the source's. Under gdes and nes the
+    generator's embeddings start as the source discriminator's (so under gdes the discriminator's equal
+    the source's at step 0: the residual starts at zero)."""
     torch.manual_seed(res.train.seed)  # the same initial weights on every process
-    model = ElectraForPretraining(res.model, special, res.objective)
-    if init is not None:
-        missing, unexpected = model.discriminator.load_state_dict(init.discriminator, strict=False)
-        if unexpected or [k for k in missing if not k.startswith("head.")]:
+    model = pretraining_model(res.model, special, res.objective)
+    if init is None:
+        return model
+    embeddings = {k: v for k, v in init.discriminator.items() if k.startswith("encoder.embeddings.")}
+    if init.discriminator:
+        disc = init.discriminator
+        if res.objective.embedding_sharing == "gdes":
+            disc = {k: v for k, v in disc.items() if k not in embeddings}
+        missing, unexpected = model.discriminator.load_state_dict(disc, strict=False)
+        if unexpected or [k for k in missing if not k.startswith(("head.", "encoder.embeddings.delta."))]:
             raise UserError("--init: the discriminator's weights do not fit its configuration")
-        if init.generator is not None:
-            missing, unexpected = model.generator.load_state_dict(init.generator, strict=False)
-            if unexpected or [k for k in missing if not k.startswith("encoder.embeddings.")]:
-                raise UserError("--init: the generator's weights do not fit its configuration")
+    if init.generator is not None:
+        missing, unexpected = model.generator.load_state_dict(init.generator, strict=False)
+        if unexpected or [k for k in missing if not k.startswith(("encoder.embeddings.", "head."))]:
+            raise UserError("--init: the generator's weights do not fit its configuration")
+    if res.objective.kind == "electra" and res.objective.embedding_sharing != "es":
+        model.generator.load_state_dict(embeddings, strict=False)
     return model
 
 
@@ -323,7 +366,7 @@ def _train(world: World, res: Resolved, identity: dict, train_data: PretrainingD
         model_state, optimizer_state = full_state(model, optimizer)  # collective under FSDP
         if not world.is_main:
             return None
-        return save_checkpoint(out, step, model_state=pretraining_state(model_state), meta=meta,
+        return save_checkpoint(out, step, model_state=pretraining_state(model_state, res.objective), meta=meta,
                                tokenizer_dir=tok_dir, optimizer_state=optimizer_state,
                                trainer_state={"data_position": step * t.batch_size, "examples_seen": step * t.batch_size,
                                               "processes": world.size, "strategy": t.strategy},
@@ -333,9 +376,13 @@ def _train(world: World, res: Resolved, identity: dict, train_data: PretrainingD
     settings = LoopSettings(max_steps=t.max_steps, peak_lr=t.lr, warmup_steps=t.resolved_warmup,
                             clip_grad_norm=t.clip_grad_norm, precision=t.precision, log_every=t.log_every,
                             save_every=t.save_every, eval_every=t.eval_every, time_budget_s=t.time_budget_s,
-                            memory_hint="use a smaller --batch-size, or --grad-accum N to split each batch into N")
-    n_params = sum(p.numel() for p in model.discriminator.parameters())
-    world.say(f"electra: pretraining {res.size} (discriminator {n_params / 1e6:.1f}M parameters) on "
+                            memory_hint="use a smaller --batch-size, or --grad-accum N to split each batch into N",
+                            flops_per_step=t.batch_size * train_data.seq_len * flops.pretraining_step(
+                                res.model, train_data.seq_len, res.objective.mask_prob, res.objective.kind))
+    kept = model.discriminator if res.objective.kind == "electra" else model.generator
+    n_params = sum(p.numel() for p in kept.parameters())
+    what = "ELECTRA, discriminator" if res.objective.kind == "electra" else "masked LM"
+    world.say(f"electra: pretraining {res.size} ({what} {n_params / 1e6:.1f}M parameters) on "
               f"{world.describe(device, t.strategy)} with {torch.get_num_threads()} CPU threads, "
               f"{len(train_data):,} examples of {train_data.seq_len} tokens, batch {t.batch_size}, "
               f"steps {start}->{t.max_steps}, lr {t.lr:g}")
@@ -369,7 +416,8 @@ def validation(model: ElectraForPretraining, val_data: PretrainingData, device: 
         n = 0
         for i in range(0, len(val_idx), micro):
             b = val_data.batch(val_idx[i:i + micro]).to(device)
-            out = model(b.input_ids, b.attention_mask, b.token_type_ids, b.example_index, step=0, seed=t.seed)
+            out = model(b.input_ids, b.attention_mask, b.token_type_ids, b.example_index, b.word_start,
+                        step=0, seed=t.seed)
             for k, v in out.metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             n += 1
