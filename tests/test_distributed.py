@@ -168,3 +168,25 @@ def test_sigterm_on_one_rank_stops_all_with_an_intact_checkpoint(prepared, tmp_p
     assert len(ckpts) == 1 and (ckpts[0] / "optimizer.pt").is_file()
     from electra.checkpoint import resumable
     assert resumable(ckpts[0])
+
+
+def test_adversarial_finetuning_on_two_processes_matches_one(tmp_path, tokenizer_dir):
+    """Per-example perturbations make PGD the same computation whatever the processes."""
+    from test_finetune import classification_rows, write_tsv
+
+    train = write_tsv(tmp_path / "train.tsv", classification_rows(32, 1), ["sentence1", "sentence2", "label"])
+    args = ["finetune", "--task", "classification", "--model", "tiny", "--tokenizer", str(tokenizer_dir), "--train",
+            str(train), "--dev", str(train), "--epochs", "1", "--batch-size", "8", "--dropout", "0",
+            "--adversarial", "pgd", "--adv-steps", "2", "--no-length-buckets"]
+    for n in (1, 2):
+        proc = torchrun(n, [*args, "--out", str(tmp_path / f"p{n}")])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [[json.loads(line) for line in (tmp_path / f"p{n}" / "metrics.jsonl").read_text().splitlines()]
+            for n in (1, 2)]
+    a, b = ([(r["step"], r["loss"], r["adv_loss"]) for r in rs if "adv_loss" in r] for rs in rows)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert x[0] == y[0] and abs(x[1] - y[1]) <= 1e-4 * abs(x[1]) and abs(x[2] - y[2]) <= 1e-4 * abs(x[2]), (x, y)
+    wa, wb = (load_file(str(tmp_path / f"p{n}" / "model.safetensors")) for n in (1, 2))
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -62,7 +62,7 @@ def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, hint, help
         kw["type"] = type(args[0])
     else:
         kw["type"] = hint
-    if kw.get("type") in (str, Path):
+    if kw.get("type") in (str, Path) and "choices" not in kw:
         kw["metavar"] = p.name.rstrip("_").upper()
     if positional:
         if p.default is not inspect.Parameter.empty:

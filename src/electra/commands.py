@@ -272,7 +272,9 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, confi
              freeze_layers: int | None = None, head_only: bool = False, lora: bool = False,
              lora_rank: int | None = None, doc_stride: int | None = None, max_answer_len: int | None = None,
              metric: str | None = None, tokenizer: Path | None = None, precision: Precision | None = None,
-             strategy: Strategy | None = None, length_buckets: bool | None = None, overwrite: bool = False) -> int:
+             strategy: Strategy | None = None, length_buckets: bool | None = None, overwrite: bool = False,
+             adversarial: Literal["fgm", "pgd", "freelb"] | None = None, adv_epsilon: float | None = None,
+             adv_steps: int | None = None, adv_alpha: float | None = None) -> int:
     """Fine-tune a pretrained discriminator (or a random baseline) on a labelled task.
 
     Tasks: classification and regression of a text or a text pair (TSV, CSV or JSONL; GLUE and CLUE
@@ -322,6 +324,12 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, confi
         length_buckets: batch examples of similar length (each window of 8 shuffled batches sorted by
             length; the batches shuffled) so less compute goes to padding; --no-length-buckets: plain random batches (default on)
         overwrite: replace a fine-tuned model already in OUT
+        adversarial: train on perturbations of the word-embedding output as well: fgm (one gradient step,
+            Miyato et al. 2017), pgd (projected ascent, Madry et al. 2018) or freelb (Zhu et al. 2020); costs
+            2 (fgm), steps + 1 (pgd) or steps (freelb) forward and backward passes per step
+        adv_epsilon: the largest perturbation, as an L2 norm per example (default 1.0)
+        adv_steps: pgd and freelb: ascent steps (default 3)
+        adv_alpha: pgd and freelb: the size of each ascent step (default 0.3)
     """
     from electra.config import FinetuneConfig, load_yaml, merge_settings
     from electra.errors import Interrupted
@@ -331,7 +339,8 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, confi
                  weight_decay=weight_decay, max_seq_len=max_seq_len, seed=seed, dropout=dropout,
                  freeze_layers=freeze_layers, head_only=head_only or None, lora=lora or None, lora_rank=lora_rank,
                  doc_stride=doc_stride, max_answer_len=max_answer_len, metric=metric, precision=precision,
-                 strategy=strategy, length_buckets=length_buckets)
+                 strategy=strategy, length_buckets=length_buckets, adversarial=adversarial, adv_epsilon=adv_epsilon,
+                 adv_steps=adv_steps, adv_alpha=adv_alpha)
     known = {f.name for f in dataclasses.fields(FinetuneConfig)}
     configured = load_yaml(config, known) if config is not None else {}
     settings = merge_settings(FinetuneConfig, str(config or "the flags"), configured, flags)

@@ -372,6 +372,14 @@ class FinetuneConfig:
     """Under torchrun: replicate the model (ddp) or shard it (fsdp)."""
     length_buckets: bool = True
     """Batch examples of similar length (less compute spent on padding)."""
+    adversarial: Literal["fgm", "pgd", "freelb"] | None = None
+    """Adversarial training on the word-embedding output: fgm, pgd or freelb (None: plain)."""
+    adv_epsilon: float = 1.0
+    """The largest perturbation: its L2 norm per example, over that example's tokens and embedding."""
+    adv_steps: int = 3
+    """pgd and freelb: ascent steps per training step."""
+    adv_alpha: float = 0.3
+    """pgd and freelb: the size of each ascent step (L2 norm per example)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -390,6 +398,11 @@ class FinetuneConfig:
             problems.append(f"--max-seq-len must be at least 8 (got {self.max_seq_len})")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             problems.append(f"--dropout must be in [0, 1) (got {self.dropout})")
+        if self.adversarial not in (None, "fgm", "pgd", "freelb"):
+            problems.append(f"--adversarial must be fgm, pgd or freelb (got {self.adversarial})")
+        for name in ("adv_epsilon", "adv_steps", "adv_alpha"):
+            if not getattr(self, name) > 0:
+                problems.append(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
         if sum([self.head_only, self.lora, self.freeze_layers > 0]) > 1:
             problems.append("choose one of --head-only, --lora and --freeze-layers")
         if self.strategy == "fsdp" and (self.lora or self.head_only or self.freeze_layers):

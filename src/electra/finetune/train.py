@@ -24,6 +24,7 @@ from electra.checkpoint import ELECTRA_JSON, FORMAT_VERSION, write_model_dir
 from electra.config import FinetuneConfig, ModelConfig, finetune_lr
 from electra.data.tokenizer import check_vocab, special_ids
 from electra.errors import UserError
+from electra.finetune.adversarial import EmbeddingPerturbation, adversarial_loss
 from electra.finetune.load import DEFAULT_MAX_LEN, load_encoder_source
 from electra.finetune.metrics import MAIN_METRIC, SELECTABLE, write_reports
 from electra.finetune.model import TASKS, FinetuneModel, layer_decay_scales
@@ -42,9 +43,13 @@ def plot_panels(metric: str) -> list[tuple[str, list[str]]]:
 
 
 class FinetuneObjective:
-    def __init__(self, model: torch.nn.Module, task: Task):
+    """The task's loss; with `adversarial` settings, trained on perturbed word embeddings as well."""
+
+    def __init__(self, model: torch.nn.Module, task: Task, settings: FinetuneConfig | None = None):
         self.model = model
         self.task = task
+        self.settings = settings
+        self.perturb = EmbeddingPerturbation(model) if settings is not None and settings.adversarial else None
 
     def counts(self, batch, step: int = 0) -> torch.Tensor:
         """Examples, or labelled tokens for NER: the mean loss is over these."""
@@ -53,8 +58,13 @@ class FinetuneObjective:
         return torch.full((1,), float(len(batch.labels)), device=batch.labels.device)
 
     def loss(self, batch, step: int, totals: torch.Tensor):
-        logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-        loss = self.task.loss(logits, batch.labels) * (self.counts(batch)[0] / totals[0].clamp(min=1))
+        def task_loss() -> torch.Tensor:
+            logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+            return self.task.loss(logits, batch.labels) * (self.counts(batch)[0] / totals[0].clamp(min=1))
+
+        if self.perturb is not None:
+            return adversarial_loss(task_loss, self.perturb, batch.attention_mask, self.settings)
+        loss = task_loss()
         return loss, {"loss": loss.detach()}
 
     def tokens(self, batch) -> torch.Tensor:
@@ -248,7 +258,7 @@ def _train(world: World, d: Prepared, c: FinetuneConfig, out: Path, device: torc
                         save_every=max_steps, eval_every=steps_per_epoch)
     started = time.perf_counter()
     with training_log(out, world.is_main, plot_panels(main), tensorboard=False) as log:
-        result = train_loop(FinetuneObjective(forward, task), optimizer, micro_batches, loop, device=device,
+        result = train_loop(FinetuneObjective(forward, task, c), optimizer, micro_batches, loop, device=device,
                             start_step=0, log=log, save=lambda step: out, evaluate=best.evaluate, progress=progress,
                             desc=f"finetune {task.name}", world=world)
     if "scores" not in best.best:  # stopped before the first evaluation: keep the partial model, marked so
