@@ -274,7 +274,8 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, confi
              metric: str | None = None, tokenizer: Path | None = None, precision: Precision | None = None,
              strategy: Strategy | None = None, length_buckets: bool | None = None, overwrite: bool = False,
              adversarial: Literal["fgm", "pgd", "freelb"] | None = None, adv_epsilon: float | None = None,
-             adv_steps: int | None = None, adv_alpha: float | None = None) -> int:
+             adv_steps: int | None = None, adv_alpha: float | None = None, template: str | None = None,
+             verbalizer: str | None = None, shots: int | None = None) -> int:
     """Fine-tune a pretrained discriminator (or a random baseline) on a labelled task.
 
     Tasks: classification and regression of a text or a text pair (TSV, CSV or JSONL; GLUE and CLUE
@@ -292,7 +293,7 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, confi
     Runs under torchrun as `electra pretrain` does.
 
     Args:
-        task: classification, regression, ner or qa
+        task: classification, regression, ner, qa, or prompt (classification through the replaced-token head)
         model: our run/model directory or export (ELECTRA: its discriminator; mlm: its masked LM's encoder), a Hugging Face
             ELECTRA directory, or a size (tiny, small, base, large) or a model YAML file (a recipe) for a random start
         train: the training file
@@ -330,6 +331,10 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, confi
         adv_epsilon: the largest perturbation, as an L2 norm per example (default 1.0)
         adv_steps: pgd and freelb: ascent steps (default 3)
         adv_alpha: pgd and freelb: the size of each ascent step (default 0.3)
+        template: prompt: where the text and the label word go, e.g. '{text} It was {label}.'; --task prompt
+            fine-tunes the discriminator through its replaced-token head on the filled templates (Xia et al. 2022)
+        verbalizer: prompt: a word per label, e.g. '0=terrible,1=great'
+        shots: train on this many examples per class, drawn with --seed (few-shot; classification and prompt)
     """
     from electra.config import FinetuneConfig, load_yaml, merge_settings
     from electra.errors import Interrupted
@@ -340,7 +345,7 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, confi
                  freeze_layers=freeze_layers, head_only=head_only or None, lora=lora or None, lora_rank=lora_rank,
                  doc_stride=doc_stride, max_answer_len=max_answer_len, metric=metric, precision=precision,
                  strategy=strategy, length_buckets=length_buckets, adversarial=adversarial, adv_epsilon=adv_epsilon,
-                 adv_steps=adv_steps, adv_alpha=adv_alpha)
+                 adv_steps=adv_steps, adv_alpha=adv_alpha, template=template, verbalizer=verbalizer, shots=shots)
     known = {f.name for f in dataclasses.fields(FinetuneConfig)}
     configured = load_yaml(config, known) if config is not None else {}
     settings = merge_settings(FinetuneConfig, str(config or "the flags"), configured, flags)
@@ -377,6 +382,61 @@ def _say_truncated(truncated: int, total: int, max_len: int) -> None:
     if truncated:
         print(f"electra: {truncated} of {total} inputs were longer than the model's {max_len} word pieces "
               "and were truncated", file=sys.stderr)
+
+
+@computes
+def zero_shot(*, model: str, data: Path, template: str, verbalizer: str, text_columns: str | None = None,
+              label_column: str | None = None, no_header: bool = False, batch_size: int = 64,
+              output: Path | None = None) -> None:
+    """Classify with a pretrained discriminator and no training: prompt-based zero-shot ("Prompting ELECTRA",
+    Xia et al. 2022).
+
+    Each candidate label's word is put into the template; the replaced-token-detection head says how
+    original it looks there (a word of several pieces averages them), and the most original wins.
+    Prints accuracy, F1 and Matthews correlation (scikit-learn) with the majority class's accuracy
+    beside them; the last line of standard output is one JSON object, as `evaluate` prints.
+
+    Args:
+        model: a pretrained ELECTRA (our run, checkpoint or export, or a Hugging Face ElectraForPreTraining)
+        data: a labelled table (TSV, CSV or JSONL), read as `finetune --task classification` reads it
+        template: where the text and the label word go, e.g. '{text} It was {label}.' (Chinese works too)
+        verbalizer: a word per label, e.g. '0=terrible,1=great'; every label of the data needs one
+        text_columns: the text column (default: guessed from the header)
+        label_column: the label column (default: label, or the last column)
+        no_header: the table's first row is data
+        batch_size: prompts per forward pass
+        output: also write one JSON line per example (prediction and label probabilities)
+    """
+    from collections import Counter
+
+    from electra.finetune.metrics import classification_metrics
+    from electra.finetune.predict import check_output, write_jsonl_atomic
+    from electra.finetune.tables import parse_columns, read_table
+    from electra.pretrained import load_pretrained
+    from electra.prompt import Prompt, zero_shot as run_zero_shot
+
+    prompt = Prompt.parse(template, verbalizer)
+    if output is not None:
+        check_output(output, data)
+    texts, label = parse_columns(text_columns, label_column)
+    examples, _ = read_table(data, texts=texts, label=label, no_header=no_header)
+    if any(len(ex.texts) != 1 for ex in examples):
+        raise UserError(f"{data} holds text pairs; zero-shot reads one text per example: pass --text-columns NAME")
+    gold = [ex.label for ex in examples]
+    prompt.check_labels(set(gold), str(data))
+    pre = load_pretrained(model)
+    rows = run_zero_shot(pre, prompt, [ex.texts[0] for ex in examples], batch_size)
+    preds = [r["prediction"] for r in rows]
+    scores = classification_metrics(gold, preds, prompt.labels)
+    majority, count = Counter(gold).most_common(1)[0]
+    scores["majority_accuracy"] = count / len(gold)
+    scores["examples"] = len(gold)
+    if output is not None:
+        write_jsonl_atomic(output, rows)
+        print(f"wrote {output}", file=sys.stderr)
+    for k, v in scores.items():
+        print(f"{k:>18}: {v:.4f}" if isinstance(v, float) else f"{k:>18}: {v}")
+    print(json.dumps(scores))
 
 
 @computes
@@ -631,6 +691,7 @@ COMMANDS: dict = {
     "finetune": finetune,
     "evaluate": evaluate,
     "predict": predict,
+    "zero-shot": zero_shot,
     "serve": serve,
     "bench": {"pretrain": bench_pretrain, "finetune": bench_finetune, "infer": bench_infer},
 }

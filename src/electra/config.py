@@ -248,7 +248,7 @@ DEFAULT_LR = {"tiny": 1e-3, "small": 5e-4, "base": 2e-4, "large": 2e-4}
 
 Precision = Literal["fp32", "bf16", "fp16"]
 Strategy = Literal["ddp", "fsdp"]
-Task = Literal["classification", "regression", "ner", "qa"]
+Task = Literal["classification", "regression", "ner", "qa", "prompt"]
 
 
 @dataclass
@@ -380,6 +380,12 @@ class FinetuneConfig:
     """pgd and freelb: ascent steps per training step."""
     adv_alpha: float = 0.3
     """pgd and freelb: the size of each ascent step (L2 norm per example)."""
+    template: str | None = None
+    """prompt: where the text and the label word go, e.g. '{text} It was {label}.'"""
+    verbalizer: str | None = None
+    """prompt: a word per label, e.g. '0=terrible,1=great'."""
+    shots: int | None = None
+    """Train on this many examples per class, sampled with the seed (few-shot); None: all."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -398,6 +404,8 @@ class FinetuneConfig:
             problems.append(f"--max-seq-len must be at least 8 (got {self.max_seq_len})")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             problems.append(f"--dropout must be in [0, 1) (got {self.dropout})")
+        if self.shots is not None and self.shots <= 0:
+            problems.append(f"--shots must be positive (got {self.shots})")
         if self.adversarial not in (None, "fgm", "pgd", "freelb"):
             problems.append(f"--adversarial must be fgm, pgd or freelb (got {self.adversarial})")
         for name in ("adv_epsilon", "adv_steps", "adv_alpha"):

@@ -45,6 +45,7 @@ HEADS = {
     "qa": [("head.linear.{p}", "qa_outputs.{p}")],
 }
 HEADS["regression"] = HEADS["classification"]
+HEADS["prompt"] = HEADS["discriminator"]  # prompt-based fine-tuning keeps the replaced-token head
 
 
 def _pairs(cfg: ModelConfig, heads: list[tuple[str, str]]) -> list[tuple[str, str]]:

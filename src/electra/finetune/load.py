@@ -8,6 +8,7 @@ epoch), curves and reports.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from electra.finetune.model import HF_ARCHITECTURE, FinetuneModel
 from electra.finetune.tasks import Task, make_task
 from electra.pretrained import load_pretrained, resolve
 
-DEFAULT_MAX_LEN = {"classification": 128, "regression": 128, "ner": 128, "qa": 384}
+PROMPT_JSON = "prompt.json"
+DEFAULT_MAX_LEN = {"prompt": 128, "classification": 128, "regression": 128, "ner": 128, "qa": 384}
 
 
 @dataclass
@@ -39,8 +41,10 @@ class Finetuned:
     directory: Path
 
 
-def load_encoder_source(src: str, tokenizer: Path | None) -> tuple[ModelConfig, dict | None, Tokenizer, str]:
-    """--model of `finetune` -> (encoder config, encoder weights or None for a random start, tokenizer, what)."""
+def load_encoder_source(src: str, tokenizer: Path | None,
+                        with_head: bool = False) -> tuple[ModelConfig, dict | None, Tokenizer, str]:
+    """--model of `finetune` -> (encoder config, encoder weights or None for a random start, tokenizer, what).
+    with_head: prompt-based fine-tuning also keeps the discriminator's replaced-token head (head.*)."""
     if src in SIZES or (src.endswith((".yaml", ".yml")) and Path(src).is_file()):  # a size or a recipe: untrained
         if tokenizer is None:
             raise UserError(f"--model {src} starts from random weights and needs --tokenizer DIR "
@@ -52,12 +56,14 @@ def load_encoder_source(src: str, tokenizer: Path | None) -> tuple[ModelConfig, 
     meta = read_json(directory / ELECTRA_JSON, "model config") if (directory / ELECTRA_JSON).is_file() else {}
     if meta.get("kind") == "finetuned" or _hf_task(directory) is not None:
         ft = load_finetuned(directory)  # fine-tuning further from an earlier task
-        state = {k: v for k, v in ft.model.state_dict().items() if k.startswith("encoder.")}
+        keep = ("encoder.", "head.") if with_head and ft.task.name == "prompt" else ("encoder.",)
+        state = {k: v for k, v in ft.model.state_dict().items() if k.startswith(keep)}
         return ft.model.config, state, load_tokenizer(tokenizer) if tokenizer else ft.tokenizer, str(directory)
     pre = load_pretrained(directory)
     # an ELECTRA model fine-tunes its discriminator; a masked LM (an mlm run, an ElectraForMaskedLM) its encoder
-    net = pre.discriminator if pre.discriminator is not None else pre.generator
-    state = {k: v for k, v in net.state_dict().items() if k.startswith("encoder.")}
+    net = pre.require("discriminator") if with_head else (
+        pre.discriminator if pre.discriminator is not None else pre.generator)
+    state = {k: v for k, v in net.state_dict().items() if k.startswith(("encoder.", "head.") if with_head else "encoder.")}
     tok = load_tokenizer(tokenizer) if tokenizer else pre.tokenizer
     what = str(pre.directory) if pre.discriminator is not None else f"the masked LM's encoder in {pre.directory}"
     return net.config, state, tok, what
@@ -72,6 +78,8 @@ def _hf_task(directory: Path) -> str | None:
     if arch == "ElectraForSequenceClassification":
         return "regression" if config.get("problem_type") == "regression" or config.get("num_labels") == 1 \
             else "classification"
+    if arch == "ElectraForPreTraining" and (directory / PROMPT_JSON).is_file():
+        return "prompt"  # exported by prompt-based fine-tuning: the discriminator and its template
     return {"ElectraForTokenClassification": "ner", "ElectraForQuestionAnswering": "qa"}.get(arch)
 
 
@@ -99,6 +107,8 @@ def load_finetuned(src: str | Path, task: str | None = None) -> Finetuned:
         id2label = config.get("id2label") or {}
         labels = [id2label[k] for k in sorted(id2label, key=int)] if found in ("classification", "ner") else None
         settings, max_len = {}, min(cfg.max_position_embeddings, DEFAULT_MAX_LEN[found])
+        if found == "prompt":
+            settings = read_json(directory / PROMPT_JSON, "prompt settings")
         state = hf.from_hf(hf.load_hf_weights(directory), cfg, hf.HEADS[found])
     if task is not None and task != found:
         raise UserError(f"{directory} was fine-tuned for {found}, not {task}; use a {task} model or --task {found}")
@@ -149,6 +159,8 @@ def export_finetuned(src: str, out: Path, overwrite: bool = False) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     state = hf.to_hf(ft.model.state_dict(), ft.model.config, hf.HEADS[task])
     hf.save_hf_dir(tmp, state, hf.hf_config(ft.model.config, HF_ARCHITECTURE[task], **extra))
+    if task == "prompt":  # an ElectraForPreTraining, plus what turns its scores into labels
+        (tmp / PROMPT_JSON).write_text(json.dumps(ft.task.prompt.settings(), ensure_ascii=False, indent=2) + "\n")
     save_tokenizer(ft.tokenizer, tmp, lowercase=is_lowercase(ft.tokenizer), max_length=ft.max_seq_len)
     if out.exists():
         shutil.rmtree(out)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-MAIN_METRIC = {"classification": "accuracy", "regression": "pearson", "ner": "f1", "qa": "f1"}
+MAIN_METRIC = {"prompt": "accuracy", "classification": "accuracy", "regression": "pearson", "ner": "f1", "qa": "f1"}
 # the metrics that can pick the best epoch (higher is better)
-SELECTABLE = {"classification": ("accuracy", "f1", "mcc", "macro_f1"), "regression": ("pearson", "spearman"),
+SELECTABLE = {"prompt": ("accuracy", "f1", "mcc", "macro_f1"), "classification": ("accuracy", "f1", "mcc", "macro_f1"), "regression": ("pearson", "spearman"),
               "ner": ("f1", "precision", "recall", "token_accuracy"), "qa": ("f1", "exact_match")}
 
 

@@ -11,9 +11,10 @@ from torch import nn
 
 from electra.config import ModelConfig
 from electra.model.encoder import Encoder, activation, init_weights
+from electra.model.heads import DiscriminatorHead
 
-TASKS = ("classification", "regression", "ner", "qa")
-HF_ARCHITECTURE = {"classification": "ElectraForSequenceClassification",
+TASKS = ("classification", "regression", "ner", "qa", "prompt")
+HF_ARCHITECTURE = {"prompt": "ElectraForPreTraining", "classification": "ElectraForSequenceClassification",
                    "regression": "ElectraForSequenceClassification",
                    "ner": "ElectraForTokenClassification", "qa": "ElectraForQuestionAnswering"}
 
@@ -66,6 +67,8 @@ class FinetuneModel(nn.Module):
             self.head = SequenceHead(cfg, num_labels)
         elif task == "ner":
             self.head = TokenHead(cfg, num_labels)
+        elif task == "prompt":  # the replaced-token-detection head, scoring the label words (electra.prompt)
+            self.head = DiscriminatorHead(cfg)
         else:
             self.head = SpanHead(cfg)
         init_weights(self, cfg.initializer_range)
@@ -75,7 +78,7 @@ class FinetuneModel(nn.Module):
         # the sequence head reads [CLS] alone, so the last layer need not compute the other positions;
         # the NER loss ignores padding (the QA loss does not: its softmax runs over every position)
         first_only = self.task in ("classification", "regression")
-        unread = self.task == "ner" and self.training
+        unread = self.task in ("ner", "prompt") and self.training
         return self.head(self.encoder(input_ids, attention_mask, token_type_ids, first_token_only=first_only,
                                       padding_unread=unread))
 

@@ -182,6 +182,22 @@ class ClassificationTask(SequenceTask):
 
     name = "classification"
 
+    def read(self, path: Path, flags: dict, training: bool, labelled: bool = True):
+        examples = super().read(path, flags, training, labelled)
+        shots = self.settings.get("shots")
+        return self._sample(path, examples, shots) if training and shots else examples
+
+    def _sample(self, path: Path, examples: list, shots: int) -> list:
+        """`shots` examples of each class, drawn with the seed, in a shuffled order."""
+        rng = np.random.default_rng(self.settings.get("seed", 0))
+        chosen = []
+        for label in self.labels:
+            idx = [i for i, ex in enumerate(examples) if ex.label == label]
+            if len(idx) < shots:
+                raise UserError(f"--shots {shots} is more than the {len(idx)} examples of label {label!r} in {path}")
+            chosen += list(rng.choice(idx, size=shots, replace=False))
+        return [examples[i] for i in rng.permutation(chosen)]
+
     def check_labels(self, path: Path, examples, training: bool, labelled: bool) -> None:
         if training and self.labels is None:
             self.labels = sort_labels({ex.label for ex in examples})
@@ -527,6 +543,76 @@ def sort_labels(labels: set[str]) -> list[str]:
     return sorted(labels, key=key)
 
 
+class PromptTask(ClassificationTask):
+    """Prompt-based classification through the discriminator's replaced-token head ("Prompting ELECTRA",
+    Xia et al. 2022): one input per example and label, the template filled with the label's word
+    (electra.prompt). Training teaches the head that the gold label's word is original and the other
+    words replaced (binary cross-entropy on their pieces); the prediction is the most original word."""
+
+    name = "prompt"
+
+    def __init__(self, labels: list[str] | None = None, settings: dict | None = None):
+        from electra.prompt import Prompt
+
+        super().__init__(labels, settings)
+        if "words" not in self.settings:
+            raise UserError("--task prompt needs --template and --verbalizer")
+        self.prompt = Prompt(self.settings["template"], dict(self.settings["words"]))
+        self.labels = self.prompt.labels
+
+    def read(self, path: Path, flags: dict, training: bool, labelled: bool = True):
+        examples = super().read(path, flags, training, labelled)
+        if any(len(ex.texts) != 1 for ex in examples):
+            raise UserError(f"{path} holds text pairs; prompts read one text per example: pass --text-columns NAME")
+        return examples
+
+    def check_labels(self, path: Path, examples, training: bool, labelled: bool) -> None:
+        present = {ex.label for ex in examples if ex.label is not None}
+        if training:
+            self.prompt.check_labels(present, str(path))
+        elif labelled and present - set(self.labels):
+            raise UserError(f"{path} has labels the verbalizer does not name: {', '.join(sorted(present - set(self.labels)))}")
+
+    def encode(self, examples, tok: Tokenizer, special: SpecialIds, max_len: int) -> tuple[list[Feature], int]:
+        from electra.prompt import fill
+
+        features, truncated = [], 0
+        for n, ex in enumerate(examples):
+            filled, cut = fill(tok, special, self.prompt, ex.texts[0], max_len)
+            truncated += cut
+            gold = None if ex.label is None else self.labels.index(ex.label)
+            for j, f in enumerate(filled):
+                label = None
+                if gold is not None:  # the gold word is original (0), the others replaced (1)
+                    label = [IGNORE] * len(f.ids)
+                    for p in f.label_positions:
+                        label[p] = int(j != gold)
+                features.append(Feature(f.ids, [0] * len(f.ids), label, n,
+                                        {"positions": f.label_positions, "choice": j}))
+        return features, truncated
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        keep = labels != IGNORE
+        return F.binary_cross_entropy_with_logits(logits.float()[keep], labels[keep].float())
+
+    def _scores(self, examples, features, outputs) -> np.ndarray:
+        from electra.prompt import choice_scores
+
+        scores = np.zeros((len(examples), len(self.labels)))
+        for f, o in zip(features, outputs):
+            scores[f.example, f.extra["choice"]] = choice_scores(o, f.extra["positions"])
+        return scores
+
+    def decode(self, examples, features, outputs: list[np.ndarray]) -> list:
+        return [self.labels[int(np.argmax(s))] for s in self._scores(examples, features, outputs)]
+
+    def describe(self, examples, features, outputs: list[np.ndarray], n_best: int = 1,
+                 top_k: int | None = None) -> list[dict]:
+        from electra.prompt import describe
+
+        return [describe(self.labels, s, top_k) for s in self._scores(examples, features, outputs)]
+
+
 def make_task(name: str, labels: list[str] | None = None, settings: dict | None = None) -> Task:
     if name == "classification":
         return ClassificationTask(labels, settings)
@@ -536,4 +622,6 @@ def make_task(name: str, labels: list[str] | None = None, settings: dict | None 
         return TokenTask(labels, settings)
     if name == "qa":
         return SpanTask(labels, settings)
-    raise UserError(f"unknown task {name!r}; choose classification, regression, ner or qa")
+    if name == "prompt":
+        return PromptTask(labels, settings)
+    raise UserError(f"unknown task {name!r}; choose classification, regression, ner, qa or prompt")

@@ -176,17 +176,44 @@ def finetune(task_name: str, model_src: str, train_path: Path, dev_path: Path, o
             if not os.access(out, os.W_OK):
                 raise UserError(f"cannot write into {out} (permission denied); choose another --out")
 
+        settings = task_settings(task_name, config)  # bad prompt settings are refused before OUT is made
+        created = not out.exists()
         world.from_main(claim_out)
-        data = prepare(task_name, model_src, train_path, dev_path, config, columns, tokenizer, world)
+        try:
+            data = prepare(task_name, model_src, train_path, dev_path, config, columns, tokenizer, world, settings)
+        except UserError:
+            if created and world.is_main and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # refused before any work: leave nothing behind
+            raise
         if config.lr is None:
             config = dataclasses.replace(config, lr=finetune_lr(data.cfg))
         return _train(world, data, config, out, device, progress)
 
 
+def task_settings(task_name: str, c: FinetuneConfig) -> dict:
+    """What the task object needs of the settings (saved with the model)."""
+    from electra.prompt import Prompt
+
+    settings: dict = {}
+    if task_name == "qa":
+        settings = {"doc_stride": c.doc_stride, "max_answer_len": c.max_answer_len}
+    if task_name == "prompt" and (c.template is None or c.verbalizer is None):
+        raise UserError("--task prompt needs --template and --verbalizer")
+    if task_name != "prompt" and (c.template is not None or c.verbalizer is not None):
+        raise UserError("--template and --verbalizer go with --task prompt")
+    if task_name == "prompt":
+        settings = Prompt.parse(c.template, c.verbalizer).settings()
+    if c.shots is not None:
+        if task_name not in ("classification", "prompt"):
+            raise UserError(f"--shots samples examples per class: it goes with classification or prompt, not {task_name}")
+        settings.update(shots=c.shots, seed=c.seed)
+    return settings
+
+
 def prepare(task_name: str, model_src: str, train_path: Path, dev_path: Path, c: FinetuneConfig, columns: dict,
-            tokenizer: Path | None, world: World) -> Prepared:
+            tokenizer: Path | None, world: World, settings: dict) -> Prepared:
     """Load the encoder and tokenizer, read and encode the data."""
-    cfg, encoder_state, tok, source = load_encoder_source(model_src, tokenizer)
+    cfg, encoder_state, tok, source = load_encoder_source(model_src, tokenizer, with_head=task_name == "prompt")
     if c.dropout is not None:
         cfg = dataclasses.replace(cfg, hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.dropout)
     special = special_ids(tok)
@@ -194,8 +221,7 @@ def prepare(task_name: str, model_src: str, train_path: Path, dev_path: Path, c:
     max_len = c.max_seq_len or min(DEFAULT_MAX_LEN[task_name], cfg.max_position_embeddings)
     if max_len > cfg.max_position_embeddings:
         raise UserError(f"--max-seq-len {max_len} exceeds the model's {cfg.max_position_embeddings} positions")
-    task = make_task(task_name, settings={"doc_stride": c.doc_stride, "max_answer_len": c.max_answer_len}
-                     if task_name == "qa" else {})
+    task = make_task(task_name, settings=settings)
     train_examples = task.read(train_path, columns, training=True)
     dev_examples = task.read(dev_path, columns, training=False)
     if c.batch_size > len(train_examples):
