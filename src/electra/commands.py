@@ -440,6 +440,142 @@ def zero_shot(*, model: str, data: Path, template: str, verbalizer: str, text_co
 
 
 @computes
+def attack(*, model: str, data: Path, out: Path, methods: list[str] | None = None, rate: float = 0.15,
+           generator: str | None = None, max_queries: int = 100, max_change: float = 0.3, detect: str | None = None,
+           limit: int | None = None, seed: int = 0, text_columns: str | None = None, label_column: str | None = None,
+           no_header: bool = False, overwrite: bool = False) -> None:
+    """Attack a fine-tuned classifier and report how robust it is; optionally, how well a discriminator
+    spots the attacked inputs.
+
+    typos: character swaps, deletions, insertions and keyboard neighbours at --rate per word; words: word
+    drops and swaps at --rate; generator: an ELECTRA generator proposes in-context substitutes for the most
+    important words, replaced greedily until the prediction flips, within --max-queries and --max-change
+    (BAE / BERT-Attack style). The last text of a pair is attacked. Reports the clean metric, the metric
+    under each attack, the attack success rate (of the examples classified correctly), words changed per
+    success and queries per example; writes OUT/<method>.jsonl (each example clean and attacked, readable)
+    and OUT/report.json; the last line of standard output is that report as one JSON object.
+
+    Args:
+        model: a fine-tuned classification (or prompt) model
+        data: a labelled file, read as the model was trained
+        out: directory for the attacked examples and the report
+        methods: attacks to run: typos, words, generator (default: all three)
+        rate: typos and words: the chance that each word is edited
+        generator: the generator proposing substitutes (a run, export or Hugging Face ElectraForMaskedLM;
+            default: the generator of the model the classifier was fine-tuned from); its vocabulary must be the model's
+        max_queries: generator: model queries per example, at most
+        max_change: generator: the largest share of an example's words that may change
+        detect: a pretrained discriminator: scores every clean and attacked input by its largest
+            replaced-token probability and reports the ROC AUC of telling them apart
+        limit: attack only the first N examples
+        seed: seed of the typos and words attacks
+        text_columns: override the remembered text column(s)
+        label_column: override the remembered label column
+        no_header: the table has no header row
+        overwrite: replace the files of an earlier attack in OUT
+    """
+    import random
+
+    import numpy as np
+
+    from electra.attack import Query, detection_auc, generator_attack, perturb_typos, perturb_words
+    from electra.data.tokenizer import tokenizer_hash
+    from electra.finetune.predict import describe_examples, write_jsonl_atomic
+    from electra.finetune.tables import TextExample
+    from electra.pretrained import load_pretrained
+
+    methods = methods or ["typos", "words", "generator"]
+    unknown = sorted(set(methods) - {"typos", "words", "generator"})
+    if unknown:
+        raise UserError(f"unknown attack {', '.join(unknown)}; choose from typos, words, generator")
+    for name, value, ok in (("--rate", rate, 0 < rate <= 1), ("--max-change", max_change, 0 < max_change <= 1),
+                            ("--max-queries", max_queries, max_queries > 0), ("--limit", limit, limit is None or limit > 0)):
+        if not ok:
+            raise UserError(f"{name} is out of range (got {value})")
+    ft, device = _load_for(model, None)
+    if ft.task.name not in ("classification", "prompt"):
+        raise UserError(f"{model} was fine-tuned for {ft.task.name}; attack needs a classification model "
+                        "(a task head with labels)")
+    if out.exists() and any(out.glob("*.jsonl")) and not overwrite:
+        raise UserError(f"{out} already holds an attack; choose another --out or pass --overwrite")
+    gen = None
+    if "generator" in methods:
+        source = generator or _finetuned_source(ft)
+        if source is None:
+            raise UserError("the generator attack needs --generator SRC (the model does not record what it was "
+                            "fine-tuned from)")
+        gen = load_pretrained(source)
+        gen.require("generator")
+        if tokenizer_hash(gen.tokenizer) != tokenizer_hash(ft.tokenizer):
+            raise UserError(f"the generator in {source} has another vocabulary than {model}; pass a --generator "
+                            "pretrained with the model's tokenizer")
+    detector = load_pretrained(detect) if detect else None
+    if detector is not None:
+        detector.require("discriminator")
+    flags = {"text_columns": text_columns, "label_column": label_column, "no_header": no_header}
+    examples = ft.task.read(data, flags, training=False)[:limit]
+    if any(ex.label is None for ex in examples):
+        raise UserError(f"{data} has no labels; attacks are scored against the gold label")
+    clean_rows = describe_examples(ft, examples, device)[0]
+    clean_pred = [r["prediction"] for r in clean_rows]
+    report = {"examples": len(examples), "clean": ft.task.score(examples, clean_pred)}
+    metric = "accuracy"
+    print(f"{'clean':>10}: {metric} {report['clean'][metric]:.4f} ({len(examples)} examples)", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for method in methods:
+        rows, attacked_texts, clean_texts = [], [], []
+        for n, (ex, pred) in enumerate(zip(examples, clean_pred)):
+            others, text = ex.texts[:-1], ex.texts[-1]
+            query = Query(ft, device, others)
+            row = {"index": n, "label": ex.label, "clean": text, "clean_prediction": pred, "attacked": text,
+                   "prediction": pred, "success": False, "changed": [], "queries": 0}
+            if pred == ex.label:
+                if method == "generator":
+                    outcome = generator_attack(text, ex.label, query, gen, max_queries, max_change)
+                    new, changed, queries = outcome.text, outcome.changed, outcome.queries
+                else:
+                    new, changed = (perturb_typos if method == "typos" else perturb_words)(text, rate, rng)
+                    queries = 1
+                if changed:
+                    scores = query([new])[0]
+                    row.update(attacked=new, prediction=max(scores, key=scores.get), changed=changed, queries=queries)
+                    row["success"] = row["prediction"] != ex.label
+                    clean_texts.append(text)
+                    attacked_texts.append(new)
+            rows.append(row)
+        attacked = [TextExample((*ex.texts[:-1], r["attacked"]), ex.label) for ex, r in zip(examples, rows)]
+        under = ft.task.score(attacked, [r["prediction"] for r in rows])
+        tried = [r for r, p, ex in zip(rows, clean_pred, examples) if p == ex.label]
+        wins = [r for r in tried if r["success"]]
+        result = {"metrics": under, "attacked": len(tried), "success_rate": len(wins) / max(1, len(tried)),
+                  "words_changed_per_success": float(np.mean([len(r["changed"]) for r in wins])) if wins else None,
+                  "queries_per_example": float(np.mean([r["queries"] for r in tried])) if tried else 0.0}
+        if detector is not None:
+            result["detection_auc"] = detection_auc(detector, clean_texts, attacked_texts)
+        report[method] = result
+        write_jsonl_atomic(out / f"{method}.jsonl", rows)
+        auc = result.get("detection_auc")
+        print(f"{method:>10}: {metric} {under[metric]:.4f}, success rate {result['success_rate']:.3f} of "
+              f"{len(tried)}, words changed per success {result['words_changed_per_success'] or 0:.2f}, "
+              f"queries per example {result['queries_per_example']:.1f}"
+              + (f", detection AUC {auc:.3f}" if auc is not None else ""), file=sys.stderr)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report))
+
+
+def _finetuned_source(ft) -> str | None:
+    """The pretrained model a fine-tuned directory was trained from, when it recorded one that still exists."""
+    from electra.config import read_json
+
+    meta_path = Path(ft.directory) / "electra.json"
+    if not meta_path.is_file():
+        return None
+    source = read_json(meta_path, "model config").get("source")
+    return source if source and Path(source).exists() else None
+
+
+@computes
 def evaluate(*, model: str, data: Path, task: Task | None = None, text_columns: str | None = None,
              label_column: str | None = None, no_header: bool = False, batch_size: int = 64,
              report_dir: Path | None = None, compile: bool = False) -> None:
@@ -692,6 +828,7 @@ COMMANDS: dict = {
     "evaluate": evaluate,
     "predict": predict,
     "zero-shot": zero_shot,
+    "attack": attack,
     "serve": serve,
     "bench": {"pretrain": bench_pretrain, "finetune": bench_finetune, "infer": bench_infer},
 }

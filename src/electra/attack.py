@@ -1,0 +1,179 @@
+"""`electra attack`: how robust is a fine-tuned classifier, and can the discriminator tell when it is attacked?
+
+Attacks (the last text of a pair is attacked, as TextFooler attacks the hypothesis):
+- typos: character swaps, deletions, insertions and keyboard neighbours in words, at `rate`;
+- words: word drops and swaps with the next word, at `rate`;
+- generator: an ELECTRA generator proposes in-context substitutes for the most important words
+  (importance: how much deleting the word lowers the gold label's probability), taken greedily until
+  the prediction flips, within a budget of queries and of words changed (BAE / BERT-Attack style,
+  with our own generator).
+
+Only examples the model classifies correctly are attacked (the success rate's denominator); the metric
+under attack scores every example (the unattacked keep their text). With a discriminator (`detect`),
+each clean and each changed input gets its largest replaced-token probability, and the ROC AUC of
+telling them apart is reported.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from electra.errors import UserError
+
+KEYBOARD = ["qwertyuiop", "asdfghjkl", "zxcvbnm"]
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+def split_words(text: str) -> tuple[list[str], str]:
+    """Words and the separator that joins them: characters for Chinese text without spaces."""
+    if " " not in text.strip() and _CJK.search(text):
+        return list(text), ""
+    return text.split(), " "
+
+
+def _neighbours() -> dict[str, str]:
+    near: dict[str, str] = {}
+    for r, row in enumerate(KEYBOARD):
+        for c, ch in enumerate(row):
+            around = [row[c - 1] if c else "", row[c + 1] if c + 1 < len(row) else ""]
+            for rr in (r - 1, r + 1):
+                if 0 <= rr < len(KEYBOARD):
+                    around += [KEYBOARD[rr][cc] for cc in (c - 1, c, c + 1) if 0 <= cc < len(KEYBOARD[rr])]
+            near[ch] = "".join(a for a in around if a)
+    return near
+
+
+NEAR = _neighbours()
+
+
+def typo(word: str, rng: random.Random) -> str:
+    """One character-level edit of a word: swap, delete, insert or a keyboard neighbour."""
+    if len(word) < 2 or not word.isalpha():
+        return word
+    i = rng.randrange(len(word) - 1)
+    op = rng.choice(["swap", "delete", "insert", "neighbour"])
+    if op == "swap":
+        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+    if op == "delete":
+        return word[:i] + word[i + 1:]
+    c = word[i].lower()
+    if op == "insert":
+        return word[:i] + rng.choice(NEAR.get(c, "e")) + word[i:]
+    return word[:i] + rng.choice(NEAR.get(c, c)) + word[i + 1:]
+
+
+def perturb_typos(text: str, rate: float, rng: random.Random) -> tuple[str, list]:
+    words, sep = split_words(text)
+    changed = []
+    for i, w in enumerate(words):
+        if rng.random() < rate:
+            new = typo(w, rng)
+            if new != w:
+                changed.append([w, new])
+                words[i] = new
+    return sep.join(words), changed
+
+
+def perturb_words(text: str, rate: float, rng: random.Random) -> tuple[str, list]:
+    words, sep = split_words(text)
+    out, changed, i = [], [], 0
+    while i < len(words):
+        if rng.random() < rate and len(words) > 1:
+            if rng.random() < 0.5 or i + 1 == len(words):
+                changed.append([words[i], ""])  # dropped
+                i += 1
+                continue
+            changed.append([f"{words[i]} {words[i + 1]}", f"{words[i + 1]} {words[i]}"])  # swapped
+            out += [words[i + 1], words[i]]
+            i += 2
+            continue
+        out.append(words[i])
+        i += 1
+    return sep.join(out), changed
+
+
+@dataclass
+class Query:
+    """Asks the fine-tuned model for label probabilities, counting the questions."""
+
+    ft: object
+    device: object
+    others: tuple[str, ...] = ()  # the texts of a pair that are not attacked (before the attacked one)
+    count: int = 0
+
+    def __call__(self, texts: list[str]) -> list[dict]:
+        from electra.finetune.predict import describe_examples
+        from electra.finetune.tables import TextExample
+
+        self.count += len(texts)
+        examples = [TextExample((*self.others, t), None) for t in texts]
+        return [r["scores"] for r in describe_examples(self.ft, examples, self.device, batch_size=64)[0]]
+
+
+@dataclass
+class Outcome:
+    text: str
+    changed: list = field(default_factory=list)
+    queries: int = 0
+
+
+def generator_attack(text: str, gold: str, query: Query, gen, max_queries: int, max_change: float,
+                     candidates: int = 12) -> Outcome:
+    """Greedy in-context substitution: the most important words first, the generator's candidates for
+    each, until the prediction flips or a budget runs out."""
+    from electra.inference import fill_mask
+
+    words, sep = split_words(text)
+    start = query.count
+    if len(words) < 2:
+        return Outcome(text, [], 0)
+    base = query([text])[0][gold]
+    dropped = query([sep.join(words[:i] + words[i + 1:]) for i in range(len(words))])
+    order = np.argsort([d[gold] - base for d in dropped])  # the largest drop first
+    budget = max(1, int(round(max_change * len(words))))
+    changed: list = []
+    current, current_p = list(words), base
+    for i in order:
+        if len(changed) >= budget or query.count - start >= max_queries:
+            break
+        original = words[i]
+        if not any(ch.isalnum() for ch in original):
+            continue
+        masked = sep.join(current[:i] + [gen.tokenizer.id_to_token(gen.special.mask)] + current[i + 1:])
+        try:
+            cands = fill_mask(gen, [masked], top_k=candidates)[0]["masks"][0]["candidates"]
+        except UserError:
+            continue  # the mask fell beyond the model's positions
+        options = [c["token"] for c in cands if not c["token"].startswith("##") and c["token"] != original
+                   and c["token"].lower() != original.lower() and any(ch.isalnum() for ch in c["token"])
+                   and not (c["token"].startswith("[") and c["token"].endswith("]"))]
+        options = options[:max(0, max_queries - (query.count - start))]
+        if not options:
+            continue
+        trials = [sep.join(current[:i] + [o] + current[i + 1:]) for o in options]
+        scores = query(trials)
+        for o, t, s in zip(options, trials, scores):
+            if max(s, key=s.get) != gold:  # flipped
+                return Outcome(t, changed + [[original, o]], query.count - start)
+        best = int(np.argmin([s[gold] for s in scores]))
+        if scores[best][gold] < current_p:
+            current[i], current_p = options[best], scores[best][gold]
+            changed.append([original, options[best]])
+    return Outcome(sep.join(current), changed, query.count - start)
+
+
+def detection_auc(detector, clean: list[str], attacked: list[str]) -> float | None:
+    """ROC AUC of the discriminator's largest replaced-token probability: attacked (1) against clean (0)."""
+    from sklearn.metrics import roc_auc_score
+
+    from electra.inference import detect
+
+    if not attacked:
+        return None
+    score = lambda texts: [max(r["replaced_prob"], default=0.0) for r in detect(detector, texts)]
+    y = [0] * len(clean) + [1] * len(attacked)
+    return float(roc_auc_score(y, score(clean) + score(attacked)))
