@@ -49,31 +49,34 @@ def test_perturbations_stay_in_the_ball_and_off_the_padding(method):
         return model(ids, mask).sum()
 
     c = FinetuneConfig(adversarial=method, adv_epsilon=0.5, adv_steps=3, adv_alpha=0.2)
-    loss, metrics = adversarial_loss(loss_fn, perturb, mask, c)
+    loss, metrics = adversarial_loss(loss_fn, perturb, ids, mask, c)
     loss.backward()
     assert len(seen) == {"fgm": 1, "pgd": 3, "freelb": 3}[method]
+    # sizes are fractions of each example's word-embedding norm (over its real tokens)
+    scale = (model.encoder.embeddings.word.weight[ids] * mask[..., None]).flatten(1).norm(dim=1).detach()
     for delta in seen:
         norms = delta.flatten(1).norm(dim=1)
-        assert bool((norms <= 0.5 + 1e-5).all())
+        assert bool((norms <= 0.5 * scale + 1e-5).all())
         assert float(delta[1, 4:].abs().max()) == 0 and float(delta[3, 2:].abs().max()) == 0
-    if method == "fgm":  # one full step: every example exactly on the sphere
-        torch.testing.assert_close(seen[0].flatten(1).norm(dim=1), torch.full((4,), 0.5))
+    if method == "fgm":  # one full step: every example exactly on its sphere
+        torch.testing.assert_close(seen[0].flatten(1).norm(dim=1), 0.5 * scale)
     assert model.encoder.embeddings.word.weight.grad is not None and perturb.delta is None
 
 
 def test_fgm_raises_the_loss_it_trains_on():
     model, perturb, ids, mask = _setup()
     c = FinetuneConfig(adversarial="fgm", adv_epsilon=0.1)
-    loss, metrics = adversarial_loss(lambda: model(ids, mask).sum(), perturb, mask, c)
+    loss, metrics = adversarial_loss(lambda: model(ids, mask).sum(), perturb, ids, mask, c)
     assert float(metrics["adv_loss"]) > float(metrics["loss"])  # the perturbation ascends (linear model: exactly)
     torch.testing.assert_close(loss.detach(), metrics["adv_loss"] + metrics["loss"])
 
 
 def test_projection_only_shrinks():
     d = torch.randn(3, 4, 5)
-    p = _project(d, 1.0)
+    radius = torch.tensor([1.0, 100.0, 0.5])
+    p = _project(d, radius)
     n = d.flatten(1).norm(dim=1)
-    torch.testing.assert_close(p.flatten(1).norm(dim=1), n.clamp(max=1.0))
+    torch.testing.assert_close(p.flatten(1).norm(dim=1), torch.minimum(n, radius))
 
 
 @pytest.mark.parametrize("method", ["fgm", "pgd", "freelb"])

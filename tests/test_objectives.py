@@ -256,3 +256,24 @@ def test_finetune_from_a_recipe_file_starts_untrained(prepared, tmp_path):  # no
                           "--out", str(tmp_path / "ft"), "--epochs", "1", "--batch-size", "8"]) == 0
     saved = json.loads((tmp_path / "ft" / "electra.json").read_text())
     assert saved["model"]["hidden_size"] == 32  # tiny.yaml's encoder, not tiny's 128
+
+
+def test_mlm_init_from_an_electra_discriminator_or_a_masked_lm(prepared, tmp_path):  # noqa: F811
+    from electra.data.tokenizer import special_ids, tokenizer_hash
+    from electra.train.pretrain import build_model, from_pretrained, resolve_config
+
+    electra_run, mlm_run = tmp_path / "electra", tmp_path / "mlm"
+    assert run(COMMANDS, pretrain_args(prepared, electra_run, "--max-steps", "2")) == 0
+    assert run(COMMANDS, mlm_args(prepared, tmp_path, mlm_run, "--max-steps", "2")) == 0
+    tok = load_tokenizer(prepared / "data" / "tokenizer")
+    special = special_ids(tok)
+    res = resolve_config(str(tmp_path / "mlm.yaml"), {"objective": "mlm", "dropout": 0.0}, tok.get_vocab_size(),
+                         special.pad)
+    for src, network, head in ((electra_run, "discriminator", "fresh"), (mlm_run, "generator", "source's")):
+        resolved, init = from_pretrained(res, str(src), None, tokenizer_hash(tok))
+        model = build_model(resolved, special, init)
+        source = getattr(load_pretrained(src), network).state_dict()
+        for k, v in model.generator.state_dict().items():
+            if k.startswith("encoder.") or head == "source's":
+                assert torch.equal(v, source[k]), (src, k)
+        assert init.source["head"] == head

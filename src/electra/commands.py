@@ -328,9 +328,10 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, confi
         adversarial: train on perturbations of the word-embedding output as well: fgm (one gradient step,
             Miyato et al. 2017), pgd (projected ascent, Madry et al. 2018) or freelb (Zhu et al. 2020); costs
             2 (fgm), steps + 1 (pgd) or steps (freelb) forward and backward passes per step
-        adv_epsilon: the largest perturbation, as an L2 norm per example (default 1.0)
+        adv_epsilon: the largest perturbation: its L2 norm per example as a fraction of the norm of that
+            example's word embeddings (default 0.02)
         adv_steps: pgd and freelb: ascent steps (default 3)
-        adv_alpha: pgd and freelb: the size of each ascent step (default 0.3)
+        adv_alpha: pgd and freelb: the size of each ascent step, the same kind of fraction (default 0.01)
         template: prompt: where the text and the label word go, e.g. '{text} It was {label}.'; --task prompt
             fine-tunes the discriminator through its replaced-token head on the filled templates (Xia et al. 2022)
         verbalizer: prompt: a word per label, e.g. '0=terrible,1=great'
@@ -505,6 +506,9 @@ def attack(*, model: str, data: Path, out: Path, methods: list[str] | None = Non
             raise UserError("the generator attack needs --generator SRC (the model does not record what it was "
                             "fine-tuned from)")
         gen = load_pretrained(source)
+        beside = Path(source).parent / "generator"  # an export's discriminator/: its generator/ is beside it
+        if gen.generator is None and generator is None and beside.is_dir():
+            gen = load_pretrained(beside)
         gen.require("generator")
         if tokenizer_hash(gen.tokenizer) != tokenizer_hash(ft.tokenizer):
             raise UserError(f"the generator in {source} has another vocabulary than {model}; pass a --generator "

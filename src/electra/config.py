@@ -374,12 +374,12 @@ class FinetuneConfig:
     """Batch examples of similar length (less compute spent on padding)."""
     adversarial: Literal["fgm", "pgd", "freelb"] | None = None
     """Adversarial training on the word-embedding output: fgm, pgd or freelb (None: plain)."""
-    adv_epsilon: float = 1.0
-    """The largest perturbation: its L2 norm per example, over that example's tokens and embedding."""
+    adv_epsilon: float = 0.02
+    """The largest perturbation's L2 norm per example, as a fraction of that example's word-embedding norm."""
     adv_steps: int = 3
     """pgd and freelb: ascent steps per training step."""
-    adv_alpha: float = 0.3
-    """pgd and freelb: the size of each ascent step (L2 norm per example)."""
+    adv_alpha: float = 0.01
+    """pgd and freelb: the size of each ascent step, as a fraction of the example's word-embedding norm."""
     template: str | None = None
     """prompt: where the text and the label word go, e.g. '{text} It was {label}.'"""
     verbalizer: str | None = None

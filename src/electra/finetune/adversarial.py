@@ -7,10 +7,13 @@
 - FreeLB (Zhu et al., ICLR 2020): `steps` ascent steps from a small random start; the parameters'
   gradient is the average over every step's loss (the "free" large batch).
 
-Perturbations are per example: their L2 norm over the (tokens x embedding) slice of one example, at
-real tokens only, is what epsilon bounds, so an example's perturbation does not depend on which other
-examples share its batch, process or micro-batch (distributed and accumulated runs stay the same
-computation). These are options of the fine-tuning objective: the one training loop runs them.
+Perturbations are per example and relative: epsilon and alpha are fractions of the L2 norm of the
+example's own word embeddings (over its real tokens), so one setting fits models of any width and
+initialisation. The default epsilon 0.02 is about the per-token size of the usual FGM setting (epsilon 1
+over the whole embedding tensor of a BERT batch); an absolute 1.0, or a relative 0.1, kept `tiny` from
+learning SST-2 at all (BENCHMARKS.md). An example's perturbation does not depend on which other
+examples share its batch, process or micro-batch, so distributed and accumulated runs stay the same
+computation. These are options of the fine-tuning objective: the one training loop runs them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ class EmbeddingPerturbation:
             raise RuntimeError("adversarial training needs the model's word embeddings")
         self.delta: torch.Tensor | None = None
         self.output: torch.Tensor | None = None
-        self.width = word[0].embedding_dim
+        self.word = word[0]
         word[0].register_forward_hook(self._hook)
 
     def _hook(self, module, inputs, output):
@@ -49,22 +52,25 @@ def _per_example_unit(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return g / norm[:, None, None]
 
 
-def _project(delta: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Scale each example's perturbation back into the L2 ball of radius epsilon."""
+def _project(delta: torch.Tensor, radius: torch.Tensor | float) -> torch.Tensor:
+    """Scale each example's perturbation back into its L2 ball: radius (B,) or a number."""
     norm = delta.flatten(1).norm(dim=1).clamp(min=1e-12)
-    return delta * (epsilon / norm).clamp(max=1.0)[:, None, None]
+    return delta * (radius / norm).clamp(max=1.0)[:, None, None]
 
 
-def adversarial_loss(loss_fn: Callable[[], torch.Tensor], perturb: EmbeddingPerturbation, mask: torch.Tensor,
-                     c: FinetuneConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss to backpropagate for one micro-batch, and metrics. `loss_fn()` runs the model on the
-    micro-batch (with the hook's current perturbation) and returns its share of the step's loss."""
+def adversarial_loss(loss_fn: Callable[[], torch.Tensor], perturb: EmbeddingPerturbation, input_ids: torch.Tensor,
+                     mask: torch.Tensor, c: FinetuneConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss to backpropagate for one micro-batch (input_ids, mask: (B, T)), and metrics. `loss_fn()` runs
+    the model on the micro-batch (with the hook's current perturbation) and returns its share of the step's loss."""
     mask = mask.float()
-    eps, alpha, steps = c.adv_epsilon, c.adv_alpha, c.adv_steps
+    steps = c.adv_steps
     perturb.delta = None
     if c.adversarial == "freelb":
-        B, T = mask.shape
-        start = torch.rand(B, T, perturb.width, device=mask.device).sub_(0.5) * mask[..., None]
+        with torch.no_grad():  # the sizes: fractions of each example's word-embedding norm
+            e = perturb.word.weight[input_ids]
+            scale = (e * mask[..., None]).flatten(1).norm(dim=1)[:, None, None]
+        eps, alpha = c.adv_epsilon * scale, c.adv_alpha * scale
+        start = torch.rand_like(e).sub_(0.5) * mask[..., None]
         delta = 0.1 * eps * _per_example_unit(start, mask)  # a random start, a tenth of the ball
         total = torch.zeros((), device=mask.device)
         for _ in range(steps):
@@ -72,19 +78,21 @@ def adversarial_loss(loss_fn: Callable[[], torch.Tensor], perturb: EmbeddingPert
             loss = loss_fn() / steps  # every step's loss trains the parameters: their mean
             (g,) = torch.autograd.grad(loss, delta, retain_graph=True)
             total = total + loss
-            delta = _project(delta.detach() + alpha * _per_example_unit(g, mask), eps)
+            delta = _project(delta.detach() + alpha * _per_example_unit(g, mask), eps.flatten())
         perturb.delta = None
         return total, {"loss": total.detach(), "adv_delta_norm": delta.flatten(1).norm(dim=1).mean()}
     clean = loss_fn()
     (g,) = torch.autograd.grad(clean, perturb.output, retain_graph=True)
+    scale = (perturb.output.detach() * mask[..., None]).flatten(1).norm(dim=1)[:, None, None]
+    eps, alpha = c.adv_epsilon * scale, c.adv_alpha * scale
     if c.adversarial == "fgm":
         delta = eps * _per_example_unit(g, mask)
     else:  # pgd
-        delta = _project(alpha * _per_example_unit(g, mask), eps)
+        delta = _project(alpha * _per_example_unit(g, mask), eps.flatten())
         for _ in range(steps - 1):
             perturb.delta = delta.requires_grad_(True)
             (g,) = torch.autograd.grad(loss_fn(), delta)
-            delta = _project(delta.detach() + alpha * _per_example_unit(g, mask), eps)
+            delta = _project(delta.detach() + alpha * _per_example_unit(g, mask), eps.flatten())
     perturb.delta = delta.detach()
     adv = loss_fn()
     perturb.delta = None

@@ -63,7 +63,7 @@ class FinetuneObjective:
             return self.task.loss(logits, batch.labels) * (self.counts(batch)[0] / totals[0].clamp(min=1))
 
         if self.perturb is not None:
-            return adversarial_loss(task_loss, self.perturb, batch.attention_mask, self.settings)
+            return adversarial_loss(task_loss, self.perturb, batch.input_ids, batch.attention_mask, self.settings)
         loss = task_loss()
         return loss, {"loss": loss.detach()}
 
