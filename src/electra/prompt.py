@@ -99,8 +99,7 @@ def fill(tok: Tokenizer, special: SpecialIds, prompt: Prompt, text: str, max_len
 
 def choice_scores(logits: np.ndarray, positions: list[int]) -> float:
     """The mean log probability, over a label word's pieces, that the word is original: (T,) "replaced" logits."""
-    x = -logits[positions].astype(np.float64)
-    return float(np.mean(-np.logaddexp(0.0, -x)))
+    return float(np.mean(-np.logaddexp(0.0, logits[positions].astype(np.float64))))  # log sigmoid(-logit)
 
 
 @torch.no_grad()
@@ -120,17 +119,9 @@ def label_scores(pre: Pretrained, prompt: Prompt, texts: list[str], batch_size: 
     return scores.reshape(len(texts), len(prompt.words))
 
 
-def describe(labels: list[str], scores: np.ndarray, top_k: int | None = None) -> dict:
-    """One prediction from one example's label scores: the label, its probability ("score", a softmax
-    over the labels), and every label's, most likely first ("scores")."""
-    p = np.exp(scores - scores.max())
-    p /= p.sum()
-    best = int(np.argmax(scores))
-    order = sorted(range(len(p)), key=lambda i: (i != best, -p[i]))[:top_k]
-    return {"prediction": labels[best], "score": round(float(p[best]), 6),
-            "scores": {labels[i]: round(float(p[i]), 6) for i in order}}
-
-
 def zero_shot(pre: Pretrained, prompt: Prompt, texts: list[str], batch_size: int = 64) -> list[dict]:
-    """Per text: {"prediction", "score", "scores"} from the untrained discriminator."""
-    return [describe(prompt.labels, s) for s in label_scores(pre, prompt, texts, batch_size)]
+    """Per text: {"prediction", "score", "scores"} from the untrained discriminator, as a classifier's
+    rows (the label scores in place of logits: a softmax over them)."""
+    from electra.finetune.tasks import ClassificationTask
+
+    return ClassificationTask(prompt.labels).describe([], [], list(label_scores(pre, prompt, texts, batch_size)))

@@ -604,13 +604,12 @@ class PromptTask(ClassificationTask):
         return scores
 
     def decode(self, examples, features, outputs: list[np.ndarray]) -> list:
-        return [self.labels[int(np.argmax(s))] for s in self._scores(examples, features, outputs)]
+        return super().decode(examples, features, list(self._scores(examples, features, outputs)))
 
     def describe(self, examples, features, outputs: list[np.ndarray], n_best: int = 1,
                  top_k: int | None = None) -> list[dict]:
-        from electra.prompt import describe
-
-        return [describe(self.labels, s, top_k) for s in self._scores(examples, features, outputs)]
+        """A classifier's rows, the label scores in place of logits (a softmax over them)."""
+        return super().describe(examples, features, list(self._scores(examples, features, outputs)), top_k=top_k)
 
 
 def make_task(name: str, labels: list[str] | None = None, settings: dict | None = None) -> Task:
