@@ -158,8 +158,11 @@ def report(args, study: dict) -> None:
     lines = [f"Machine: {study['machine']}; {study['date']}. Suite: {', '.join(tasks)} (dev), "
              f"{len(args.seeds)} seeds, mean ± sd; scores x100.", ""]
     scratch = study.get("scratch", {})
-    for budget in args.budgets:
-        rows = [(arm, study["runs"].get(f"{arm}-{budget}")) for arm in args.arms]
+    # every budget and arm the study holds, not only this invocation's
+    budgets = sorted({k.rsplit("-", 1)[1] for k in study["runs"]}, key=seconds)
+    arms = sorted({k.rsplit("-", 1)[0] for k in study["runs"]}, key=list(ARMS).index)
+    for budget in budgets:
+        rows = [(arm, study["runs"].get(f"{arm}-{budget}")) for arm in arms]
         rows = [(a, r) for a, r in rows if r and r.get("summary")]
         if not rows:
             continue
@@ -182,7 +185,7 @@ def plot(args, study: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for arm in args.arms:
+    for arm in ARMS:
         points = sorted((r["flops"], r["summary"]["average"]) for k, r in study["runs"].items()
                         if k.rsplit("-", 1)[0] == arm and r.get("summary"))
         if points:
