@@ -290,10 +290,25 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 
     result = run_demo(tmp_path / "demo", steps=6, batch_size=4, lr=1e-3, progress=False)
     out = capsys.readouterr().out
-    assert "ROC AUC" in out and "->" in out
+    assert "ROC AUC" in out
+    # 6 steps teach the generator no context: the demo says so instead of printing noise
+    assert not result["fill_mask_shown"] and "left out" in out and "->" not in out
     assert 0.0 <= result["auc"] <= 1.0
     assert (tmp_path / "demo" / "export" / "discriminator" / "config.json").is_file()
     assert (tmp_path / "demo" / "run" / "curves.png").is_file()
+
+
+def test_fill_mask_candidates_that_change_with_context_are_shown():
+    from electra.demo import shows_context
+
+    def cands(words, top=0.3):
+        return [{"token": t, "score": top if i == 0 else 0.01} for i, t in enumerate(words)]
+
+    same = [cands(("the", ",", ".", "of", "and"))] * 3
+    varied = [cands(w) for w in (("paris", "rome", "the", "london", "berlin"), ("died", "retired", "married", "was",
+                                                                                  "left"), ("banks", "edge", "side", "east", "north"))]
+    noise = [cands(w, top=0.001) for w in (("tw", "z"), ("decision", "them"), ("jewish", "signific"))]
+    assert not shows_context(same) and shows_context(varied) and not shows_context(noise)
 
 
 def test_chinese_text_end_to_end(tmp_path, capsys):
