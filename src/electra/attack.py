@@ -177,3 +177,69 @@ def detection_auc(detector, clean: list[str], attacked: list[str]) -> float | No
     score = lambda texts: [max(r["replaced_prob"], default=0.0) for r in detect(detector, texts)]
     y = [0] * len(clean) + [1] * len(attacked)
     return float(roc_auc_score(y, score(clean) + score(attacked)))
+
+
+def generator_for(ft, generator: str | None):
+    """The generator of the substitution attack: --generator, or the one of the model the classifier was
+    fine-tuned from (an export's discriminator/ has it beside, in generator/); same vocabulary as the model."""
+    from pathlib import Path
+
+    from electra.config import read_json
+    from electra.data.tokenizer import tokenizer_hash
+    from electra.pretrained import load_pretrained
+
+    source = generator
+    meta = Path(ft.directory) / "electra.json"
+    if source is None and meta.is_file():
+        recorded = read_json(meta, "model config").get("source")
+        source = recorded if recorded and Path(recorded).exists() else None
+    if source is None:
+        raise UserError("the generator attack needs --generator SRC (the model does not record what it was "
+                        "fine-tuned from)")
+    gen = load_pretrained(source)
+    beside = Path(source).parent / "generator"
+    if gen.generator is None and generator is None and beside.is_dir():
+        gen = load_pretrained(beside)
+    gen.require("generator")
+    if tokenizer_hash(gen.tokenizer) != tokenizer_hash(ft.tokenizer):
+        raise UserError(f"the generator in {source} has another vocabulary than {ft.directory}; pass a --generator "
+                        "pretrained with the model's tokenizer")
+    return gen
+
+
+def attack_examples(ft, device, examples: list, clean: list[str], method: str, *, rng: random.Random, rate: float,
+                    generator, max_queries: int, max_change: float, detector=None) -> tuple[list[dict], dict]:
+    """One attack on every example the model gets right (`clean`: its predictions): a readable row per
+    example, and the results: the metric under attack, success rate, words changed, queries, detection AUC."""
+    from electra.finetune.tables import TextExample
+
+    rows, attacked_texts, clean_texts = [], [], []
+    for n, (ex, pred) in enumerate(zip(examples, clean)):
+        others, text = ex.texts[:-1], ex.texts[-1]
+        query = Query(ft, device, others)
+        row = {"index": n, "label": ex.label, "clean": text, "clean_prediction": pred, "attacked": text,
+               "prediction": pred, "success": False, "changed": [], "queries": 0}
+        if pred == ex.label:
+            if method == "generator":
+                outcome = generator_attack(text, ex.label, query, generator, max_queries, max_change)
+                new, changed, queries = outcome.text, outcome.changed, outcome.queries
+            else:
+                new, changed = (perturb_typos if method == "typos" else perturb_words)(text, rate, rng)
+                queries = 1
+            if changed:
+                scores = query([new])[0]
+                row.update(attacked=new, prediction=max(scores, key=scores.get), changed=changed, queries=queries)
+                row["success"] = row["prediction"] != ex.label
+                clean_texts.append(text)
+                attacked_texts.append(new)
+        rows.append(row)
+    attacked = [TextExample((*ex.texts[:-1], r["attacked"]), ex.label) for ex, r in zip(examples, rows)]
+    tried = [r for r in rows if r["clean_prediction"] == r["label"]]
+    wins = [r for r in tried if r["success"]]
+    result = {"metrics": ft.task.score(attacked, [r["prediction"] for r in rows]), "attacked": len(tried),
+              "success_rate": len(wins) / max(1, len(tried)),
+              "words_changed_per_success": float(np.mean([len(r["changed"]) for r in wins])) if wins else None,
+              "queries_per_example": float(np.mean([r["queries"] for r in tried])) if tried else 0.0}
+    if detector is not None:
+        result["detection_auc"] = detection_auc(detector, clean_texts, attacked_texts)
+    return rows, result

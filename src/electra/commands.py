@@ -477,12 +477,8 @@ def attack(*, model: str, data: Path, out: Path, methods: list[str] | None = Non
     """
     import random
 
-    import numpy as np
-
-    from electra.attack import Query, detection_auc, generator_attack, perturb_typos, perturb_words
-    from electra.data.tokenizer import tokenizer_hash
+    from electra.attack import attack_examples, generator_for
     from electra.finetune.predict import describe_examples, write_jsonl_atomic
-    from electra.finetune.tables import TextExample
     from electra.pretrained import load_pretrained
 
     methods = methods or ["typos", "words", "generator"]
@@ -499,20 +495,7 @@ def attack(*, model: str, data: Path, out: Path, methods: list[str] | None = Non
                         "(a task head with labels)")
     if out.exists() and any(out.glob("*.jsonl")) and not overwrite:
         raise UserError(f"{out} already holds an attack; choose another --out or pass --overwrite")
-    gen = None
-    if "generator" in methods:
-        source = generator or _finetuned_source(ft)
-        if source is None:
-            raise UserError("the generator attack needs --generator SRC (the model does not record what it was "
-                            "fine-tuned from)")
-        gen = load_pretrained(source)
-        beside = Path(source).parent / "generator"  # an export's discriminator/: its generator/ is beside it
-        if gen.generator is None and generator is None and beside.is_dir():
-            gen = load_pretrained(beside)
-        gen.require("generator")
-        if tokenizer_hash(gen.tokenizer) != tokenizer_hash(ft.tokenizer):
-            raise UserError(f"the generator in {source} has another vocabulary than {model}; pass a --generator "
-                            "pretrained with the model's tokenizer")
+    gen = generator_for(ft, generator) if "generator" in methods else None
     detector = load_pretrained(detect) if detect else None
     if detector is not None:
         detector.require("discriminator")
@@ -520,63 +503,23 @@ def attack(*, model: str, data: Path, out: Path, methods: list[str] | None = Non
     examples = ft.task.read(data, flags, training=False)[:limit]
     if any(ex.label is None for ex in examples):
         raise UserError(f"{data} has no labels; attacks are scored against the gold label")
-    clean_rows = describe_examples(ft, examples, device)[0]
-    clean_pred = [r["prediction"] for r in clean_rows]
-    report = {"examples": len(examples), "clean": ft.task.score(examples, clean_pred)}
-    metric = "accuracy"
-    print(f"{'clean':>10}: {metric} {report['clean'][metric]:.4f} ({len(examples)} examples)", file=sys.stderr)
+    clean = [r["prediction"] for r in describe_examples(ft, examples, device)[0]]
+    report = {"examples": len(examples), "clean": ft.task.score(examples, clean)}
+    print(f"{'clean':>10}: accuracy {report['clean']['accuracy']:.4f} ({len(examples)} examples)", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     for method in methods:
-        rows, attacked_texts, clean_texts = [], [], []
-        for n, (ex, pred) in enumerate(zip(examples, clean_pred)):
-            others, text = ex.texts[:-1], ex.texts[-1]
-            query = Query(ft, device, others)
-            row = {"index": n, "label": ex.label, "clean": text, "clean_prediction": pred, "attacked": text,
-                   "prediction": pred, "success": False, "changed": [], "queries": 0}
-            if pred == ex.label:
-                if method == "generator":
-                    outcome = generator_attack(text, ex.label, query, gen, max_queries, max_change)
-                    new, changed, queries = outcome.text, outcome.changed, outcome.queries
-                else:
-                    new, changed = (perturb_typos if method == "typos" else perturb_words)(text, rate, rng)
-                    queries = 1
-                if changed:
-                    scores = query([new])[0]
-                    row.update(attacked=new, prediction=max(scores, key=scores.get), changed=changed, queries=queries)
-                    row["success"] = row["prediction"] != ex.label
-                    clean_texts.append(text)
-                    attacked_texts.append(new)
-            rows.append(row)
-        attacked = [TextExample((*ex.texts[:-1], r["attacked"]), ex.label) for ex, r in zip(examples, rows)]
-        under = ft.task.score(attacked, [r["prediction"] for r in rows])
-        tried = [r for r, p, ex in zip(rows, clean_pred, examples) if p == ex.label]
-        wins = [r for r in tried if r["success"]]
-        result = {"metrics": under, "attacked": len(tried), "success_rate": len(wins) / max(1, len(tried)),
-                  "words_changed_per_success": float(np.mean([len(r["changed"]) for r in wins])) if wins else None,
-                  "queries_per_example": float(np.mean([r["queries"] for r in tried])) if tried else 0.0}
-        if detector is not None:
-            result["detection_auc"] = detection_auc(detector, clean_texts, attacked_texts)
+        rows, result = attack_examples(ft, device, examples, clean, method, rng=rng, rate=rate, generator=gen,
+                                       max_queries=max_queries, max_change=max_change, detector=detector)
         report[method] = result
         write_jsonl_atomic(out / f"{method}.jsonl", rows)
         auc = result.get("detection_auc")
-        print(f"{method:>10}: {metric} {under[metric]:.4f}, success rate {result['success_rate']:.3f} of "
-              f"{len(tried)}, words changed per success {result['words_changed_per_success'] or 0:.2f}, "
+        print(f"{method:>10}: accuracy {result['metrics']['accuracy']:.4f}, success rate {result['success_rate']:.3f} "
+              f"of {result['attacked']}, words changed per success {result['words_changed_per_success'] or 0:.2f}, "
               f"queries per example {result['queries_per_example']:.1f}"
               + (f", detection AUC {auc:.3f}" if auc is not None else ""), file=sys.stderr)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))
-
-
-def _finetuned_source(ft) -> str | None:
-    """The pretrained model a fine-tuned directory was trained from, when it recorded one that still exists."""
-    from electra.config import read_json
-
-    meta_path = Path(ft.directory) / "electra.json"
-    if not meta_path.is_file():
-        return None
-    source = read_json(meta_path, "model config").get("source")
-    return source if source and Path(source).exists() else None
 
 
 @computes
