@@ -44,6 +44,14 @@ ARMS = {
 TASKS = {"en": ["SST-2", "MRPC", "STS-B", "CoNLL-2003"], "zh": ["ChnSentiCorp", "Weibo NER"]}
 
 
+def cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
 def seconds(text: str) -> float:
     from electra.config import parse_duration
     return parse_duration(text)
@@ -183,6 +191,7 @@ def plot(args, study: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for arm in ARMS:
@@ -194,6 +203,10 @@ def plot(args, study: dict) -> None:
     if study.get("scratch"):
         ax.axhline(100 * study["scratch"]["average"]["mean"], color="grey", linestyle="--", label="no pretraining")
     ax.set_xscale("log")
+    xs = [r["flops"] for r in study["runs"].values() if r.get("summary")]
+    if xs:  # at least a decade, so that a single budget still gets readable ticks
+        ax.set_xlim(min(xs) / 3, max(xs) * 3)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("pretraining FLOPs")
     ax.set_ylabel(f"suite average (dev, x100; {len(args.seeds)} seeds)")
     ax.set_title(f"{args.lang}: {', '.join(TASKS[args.lang])}", fontsize=9)
@@ -223,8 +236,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / "study.json"
     study = json.loads(state_path.read_text()) if state_path.is_file() else {"runs": {}}
-    study.update(date=date.today().isoformat(), machine=f"{platform.machine()}, {platform.processor() or '?'}; "
-                 "pretraining 1 thread per job")
+    study.update(date=date.today().isoformat(), machine=f"{cpu_name()}, {platform.machine()}; one thread per job")
 
     def save():
         state_path.write_text(json.dumps(study, indent=2) + "\n")
