@@ -242,3 +242,28 @@ def test_one_bad_input_fails_its_own_request_only(model_dir):
             t.join(60)
         assert [results[n].status_code for n in range(3)] == [200, 500, 200]
         assert client.post("/v1/predict", content=b"[" * 100_000).status_code == 400  # nested too deeply
+
+
+def test_mixed_endpoints_batch_by_kind_without_cutting_batches_short():
+    """detect, embed, detect, embed arriving together make one batch per kind, not four."""
+    import asyncio
+
+    from electra.serve.batcher import Batcher
+
+    batches = []
+
+    def run(endpoint, inputs, options):
+        batches.append((endpoint, list(inputs)))
+        return inputs
+
+    async def scenario():
+        batcher = Batcher(run, max_batch_size=8, max_wait_ms=50)
+        batcher.start()
+        kinds = ["detect", "embed", "detect", "embed", "detect"]
+        answers = await asyncio.gather(*(batcher.submit(k, [f"{k}{i}"], {}) for i, k in enumerate(kinds)))
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers == [["detect0"], ["embed1"], ["detect2"], ["embed3"], ["detect4"]]
+    assert batches == [("detect", ["detect0", "detect2", "detect4"]), ("embed", ["embed1", "embed3"])]

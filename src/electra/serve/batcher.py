@@ -1,6 +1,7 @@
 """Dynamic batching (text-embeddings-inference's batcher): requests wait in a bounded queue; one model
-thread takes up to `max_batch_size` inputs of one endpoint, or what arrived within `max_wait_ms` of
-the first, runs them as one batch, and hands each request its results. The event loop never runs the
+thread takes up to `max_batch_size` inputs of one endpoint and options, or what arrived within
+`max_wait_ms` of the first, runs them as one batch, and hands each request its results. Requests of
+another kind that arrive meanwhile keep their place for the next batch, without cutting this one short. The event loop never runs the
 model, so /health answers while a batch computes. A full queue is refused (QueueFull), never grown; an
 exception in a batch fails that batch's requests only. Stopping answers every request still waiting
 (Stopping), so no client and no shutdown ever waits for a batch that will not run."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -76,24 +78,29 @@ class Batcher:
             self.pending.discard(job)
 
     async def _loop(self) -> None:
-        held: Job | None = None  # a job of another endpoint or options, waiting for the next batch
+        taken: deque[Job] = deque()  # out of the queue, not yet run: arrival order, any endpoint and options
         while True:
-            first = held or await self.jobs.get()
-            held = None
-            batch, size = [first], len(first.inputs)
+            if not taken:
+                taken.append(await self.jobs.get())
+            first = taken[0]
+            key = (first.endpoint, first.options)
             deadline = first.enqueued + self.max_wait
-            while size < self.max_batch_size:
+            while sum(len(j.inputs) for j in taken if (j.endpoint, j.options) == key) < self.max_batch_size:
                 timeout = deadline - time.perf_counter()
                 try:
                     job = self.jobs.get_nowait() if timeout <= 0 else await asyncio.wait_for(self.jobs.get(), timeout)
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
-                if (job.endpoint, job.options) != (first.endpoint, first.options) \
-                        or size + len(job.inputs) > self.max_batch_size:
-                    held = job
-                    break
-                batch.append(job)
-                size += len(job.inputs)
+                taken.append(job)
+            # the first job's kind, in arrival order, up to the batch size; the rest wait for the next batches
+            batch, size, rest = [], 0, deque()
+            for job in taken:
+                if (job.endpoint, job.options) == key and (not batch or size + len(job.inputs) <= self.max_batch_size):
+                    batch.append(job)
+                    size += len(job.inputs)
+                else:
+                    rest.append(job)
+            taken = rest
             self.waiting -= size
             await self._run(batch, size)
 
