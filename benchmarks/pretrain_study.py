@@ -39,6 +39,7 @@ ARMS = {
     "mlm": ({"kind": "mlm"}, ["--objective", "mlm"]),
     "electra-gdes": ({"embedding_sharing": "gdes"}, []),
     "electra-wwm": ({"whole_word_mask": True}, []),
+    "electra-t2": ({"temperature": 2.0}, []),  # the generator sampled hotter: the discriminator starts sooner
     "mlm-wwm": ({"kind": "mlm", "whole_word_mask": True}, ["--objective", "mlm"]),
 }
 TASKS = {"en": ["SST-2", "MRPC", "STS-B", "CoNLL-2003"], "zh": ["ChnSentiCorp", "Weibo NER"]}
