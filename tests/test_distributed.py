@@ -190,3 +190,25 @@ def test_adversarial_finetuning_on_two_processes_matches_one(tmp_path, tokenizer
     wa, wb = (load_file(str(tmp_path / f"p{n}" / "model.safetensors")) for n in (1, 2))
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("objective", ["embedding_sharing: gdes", "whole_word_mask: true", "kind: mlm"])
+def test_new_objectives_on_two_processes_match_one(objective, prepared, tmp_path):  # noqa: F811
+    """GDES (its residual reads the generator's embeddings), whole-word masking (its counts depend on the
+    draw) and MLM give one process's losses on two processes that shard the model (FSDP; DDP is the easier case)."""
+    spec = tmp_path / "o.yaml"
+    text = (prepared / "tiny.yaml").read_text()
+    if "mlm" in objective:
+        text = text.replace("generator_size: 0.5\n", "")
+    spec.write_text(text + f"objective: {{{objective}}}\n")
+    runs = {}
+    for name, n, extra in (("one", 1, []), ("fsdp", 2, ["--strategy", "fsdp"])):
+        args = ["pretrain", "--data", str(prepared / "data"), "--model", str(spec), "--out", str(tmp_path / name),
+                "--batch-size", "8", *SAME, *extra]
+        proc = torchrun(n, args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        runs[name] = {r["step"]: r["loss"] for r in rows if "loss" in r}
+    assert runs["fsdp"].keys() == runs["one"].keys()
+    for step, x in runs["one"].items():
+        assert abs(runs["fsdp"][step] - x) <= 1e-4 * abs(x), (step, runs["fsdp"][step], x)
