@@ -50,8 +50,13 @@ def capped(path: Path, limit: int, out: Path) -> Path:
 
 
 def finetune(src: list[str], task: str, train: Path, dev: Path, out: Path, flags: list[str], threads: int) -> dict:
-    cmd = [sys.executable, "-m", "electra", "finetune", "--task", task, *src, "--train", str(train),
-           "--dev", str(dev), "--out", str(out), "--overwrite", "--threads", str(threads), *flags]
+    return run_electra(["finetune", "--task", task, *src, "--train", train, "--dev", dev, "--out", out, "--overwrite",
+                        *flags], threads)
+
+
+def run_electra(args: list, threads: int) -> dict:
+    """Run `electra ARGS --threads N`; its last line of output is a JSON object: that, with the wall time."""
+    cmd = [sys.executable, "-m", "electra", *map(str, args), "--threads", str(threads)]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:

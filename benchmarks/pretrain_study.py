@@ -59,7 +59,7 @@ def seconds(text: str) -> float:
 
 
 def electra(*args: str, threads: int = 1) -> None:
-    cmd = [sys.executable, "-m", "electra", *args, "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "electra", *map(str, args), "--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")

@@ -20,30 +20,15 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
-
-def electra(*args: str) -> dict:
-    cmd = [sys.executable, "-m", "electra", *map(str, args), "--threads", "1"]
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["wall_s"] = round(time.perf_counter() - started, 1)
-    return result
+from finetune_suite import capped, run_electra  # benchmarks/ is on the path when run as a script
 
 
-def capped(path: Path, limit: int, out: Path) -> Path:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if len(lines) - 1 <= limit:
-        return path
-    out.write_text("\n".join(lines[:limit + 1]) + "\n", encoding="utf-8")
-    return out
+def electra(*args) -> dict:
+    return run_electra(list(args), threads=1)
 
 
 def seconds_per_step(run: Path) -> float:

@@ -20,15 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pretrain_study import electra  # benchmarks/ is on the path when run as a script
+
 HERE = Path(__file__).resolve().parent
 TEXTS = {"SST-2": "en/glue/SST-2/train.tsv", "CoNLL-2003": "en/conll2003/train.txt"}
-
-
-def electra(*args: str) -> None:
-    cmd = [sys.executable, "-m", "electra", *map(str, args), "--threads", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
 
 
 def corpus(task: str, source: Path, out: Path, max_train: int) -> Path:

@@ -104,7 +104,7 @@ def run_demo(out: Path, steps: int, batch_size: int, lr: float, progress: bool) 
         common = ", ".join(c["token"] for c in filled[0])
         print(f"The generator (a small masked language model) has not learned context yet after {steps} steps: its\n"
               f"candidates are near-random or the same frequent words for every mask (first mask: {common}),\n"
-              "so its fill-mask is left out here. A longer run gets there; the discriminator above learns faster.")
+              "so its fill-mask is left out here; it needs a much longer run than the discriminator above.")
     else:
         print("The generator (a small masked language model) filling masks:")
         for text, candidates in zip(FILL_MASK, filled):

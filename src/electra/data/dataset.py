@@ -50,7 +50,9 @@ class PretrainingData:
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
         self.size = int(self.offsets[-1])
         self.split = split
-        self.word_starts: np.ndarray | list | None = None  # set by use_word_starts
+        # set by use_word_starts: a piece-id lookup (words from the vocabulary), or bit-packed stored rows
+        self.word_start_of_piece: np.ndarray | None = None
+        self.word_start_shards: list[np.memmap] | None = None
 
     def _open(self, shards: list[dict], dtype: np.dtype, width: int) -> list[np.memmap]:
         opened = []
@@ -71,12 +73,12 @@ class PretrainingData:
                             "(by an older version); prepare it again with `electra prepare` (add --words jieba for "
                             "Chinese text, whose words the tokenizer splits into characters)")
         if words == "jieba":
-            self.word_starts = self._open(self.manifest[self.split]["word_shards"], np.dtype("uint8"),
-                                          (self.seq_len + 7) // 8)
+            self.word_start_shards = self._open(self.manifest[self.split]["word_shards"], np.dtype("uint8"),
+                                                (self.seq_len + 7) // 8)
         else:
             vocab = tokenizer.get_vocab()
-            self.word_starts = np.ones(len(vocab), dtype=bool)
-            self.word_starts[[i for t, i in vocab.items() if t.startswith("##")]] = False
+            self.word_start_of_piece = np.ones(len(vocab), dtype=bool)
+            self.word_start_of_piece[[i for t, i in vocab.items() if t.startswith("##")]] = False
 
     def __len__(self) -> int:
         return self.size
@@ -96,10 +98,10 @@ class PretrainingData:
         mask = (ids != self.special["pad"]).astype(np.int64)
         types = token_types(ids, self.special["sep"]) * mask
         starts = None
-        if isinstance(self.word_starts, np.ndarray):
-            starts = torch.from_numpy(self.word_starts[ids])
-        elif self.word_starts is not None:
-            bits = self.rows(index, self.word_starts).astype(np.uint8)
+        if self.word_start_of_piece is not None:
+            starts = torch.from_numpy(self.word_start_of_piece[ids])
+        elif self.word_start_shards is not None:
+            bits = self.rows(index, self.word_start_shards).astype(np.uint8)
             starts = torch.from_numpy(np.unpackbits(bits, axis=1, count=self.seq_len).astype(bool))
         return Batch(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(types),
                      torch.from_numpy(index.astype(np.int64)), starts)

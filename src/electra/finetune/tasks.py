@@ -88,6 +88,7 @@ class Task(ABC):
 
     name: str
     label_dtype = torch.long
+    token_labels = False  # labels per word piece (IGNORE where none): the mean loss is over labelled pieces
 
     def __init__(self, labels: list[str] | None = None, settings: dict | None = None):
         self.labels = labels
@@ -273,6 +274,7 @@ class TokenTask(Task):
     """NER: the label of a word sits on its first word piece; the other pieces carry no loss."""
 
     name = "ner"
+    token_labels = True
 
     def read(self, path: Path, flags: dict, training: bool, labelled: bool = True):
         sentences = conll.read_tagged(path, need_tags=labelled)
@@ -550,6 +552,7 @@ class PromptTask(ClassificationTask):
     words replaced (binary cross-entropy on their pieces); the prediction is the most original word."""
 
     name = "prompt"
+    token_labels = True
 
     def __init__(self, labels: list[str] | None = None, settings: dict | None = None):
         from electra.prompt import Prompt
@@ -592,8 +595,9 @@ class PromptTask(ClassificationTask):
         return features, truncated
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        keep = labels != IGNORE
-        return F.binary_cross_entropy_with_logits(logits.float()[keep], labels[keep].float())
+        keep = (labels != IGNORE).float()  # the label words' pieces; a weight, not an index (no host sync)
+        bce = F.binary_cross_entropy_with_logits(logits.float(), labels.clamp(min=0).float(), reduction="none")
+        return (bce * keep).sum() / keep.sum().clamp(min=1)
 
     def _scores(self, examples, features, outputs) -> np.ndarray:
         from electra.prompt import choice_scores

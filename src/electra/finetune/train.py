@@ -52,8 +52,8 @@ class FinetuneObjective:
         self.perturb = EmbeddingPerturbation(model) if settings is not None and settings.adversarial else None
 
     def counts(self, batch, step: int = 0) -> torch.Tensor:
-        """Examples, or labelled tokens for NER: the mean loss is over these."""
-        if self.task.name == "ner":
+        """Examples, or labelled pieces (NER, prompts): the mean loss is over these."""
+        if self.task.token_labels:
             return (batch.labels != IGNORE).sum().float().reshape(1)
         return torch.full((1,), float(len(batch.labels)), device=batch.labels.device)
 
