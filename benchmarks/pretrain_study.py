@@ -33,14 +33,20 @@ from datetime import date
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# name -> (YAML objective section, extra pretrain flags): the arms a study can compare
+MLM = ["--objective", "mlm"]
+# name -> (YAML objective section, extra pretrain flags, peak lr or None for --lr / --mlm-lr): the arms a
+# study can compare
 ARMS = {
-    "electra": ({}, []),
-    "mlm": ({"kind": "mlm"}, ["--objective", "mlm"]),
-    "electra-gdes": ({"embedding_sharing": "gdes"}, []),
-    "electra-wwm": ({"whole_word_mask": True}, []),
-    "electra-t2": ({"temperature": 2.0}, []),  # the generator sampled hotter: the discriminator starts sooner
-    "mlm-wwm": ({"kind": "mlm", "whole_word_mask": True}, ["--objective", "mlm"]),
+    "electra": ({}, [], None),
+    "mlm": ({"kind": "mlm"}, MLM, None),
+    "electra-gdes": ({"embedding_sharing": "gdes"}, [], None),
+    "electra-wwm": ({"whole_word_mask": True}, [], None),
+    "electra-t2": ({"temperature": 2.0}, [], None),  # the generator sampled hotter: the discriminator starts sooner
+    "mlm-wwm": ({"kind": "mlm", "whole_word_mask": True}, MLM, None),
+    # the peak rate, searched at the shortest budget (MLM gets its own best rate)
+    "electra-t2-lr3e-3": ({"temperature": 2.0}, [], 3e-3),
+    "mlm-lr5e-4": ({"kind": "mlm"}, MLM, 5e-4),
+    "mlm-lr3e-3": ({"kind": "mlm"}, MLM, 3e-3),
 }
 TASKS = {"en": ["SST-2", "MRPC", "STS-B", "CoNLL-2003"], "zh": ["ChnSentiCorp", "Weibo NER"]}
 
@@ -69,7 +75,7 @@ def spec_file(args, arm: str) -> Path:
     """A YAML of the study's model with the arm's objective settings."""
     import yaml
 
-    section, _ = ARMS[arm]
+    section = ARMS[arm][0]
     spec = {"model": args.size}
     if args.spec:
         spec = yaml.safe_load(Path(args.spec).read_text())
@@ -259,7 +265,7 @@ def main() -> None:
             steps = math.ceil(seconds(budget) * rate)  # ELECTRA's steps in the budget
             if not arm.startswith("electra"):
                 steps = math.ceil(steps * electra_flops / flops_per_step(args, arm))  # the same FLOPs
-            lr = args.mlm_lr if arm.startswith("mlm") and args.mlm_lr else args.lr
+            lr = ARMS[arm][2] or (args.mlm_lr if arm.startswith("mlm") and args.mlm_lr else args.lr)
             started = time.perf_counter()
             export = pretrain(args, arm, budget, steps, lr)
             run = study["runs"].setdefault(key, {})

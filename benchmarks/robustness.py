@@ -2,14 +2,17 @@
 prompt-based fine-tuning beats head fine-tuning with few examples.
 
     .venv/bin/python benchmarks/robustness.py adversarial --model EXPORT/discriminator --out OUT \\
-        --train ../shared/data/en/glue/SST-2/train.tsv --dev ../shared/data/en/glue/SST-2/dev.tsv --max-train 20000
+        --train ../shared/data/en/glue/SST-2/train.tsv --dev ../shared/data/en/glue/SST-2/dev.tsv --max-train 10000 \\
+        --methods fgm pgd freelb --epsilons 0.005 0.01 0.02 --seeds 0 1 2
     .venv/bin/python benchmarks/robustness.py few-shot --model EXPORT/discriminator --out OUT \\
         --train ../shared/data/en/glue/SST-2/train.tsv --dev ../shared/data/en/glue/SST-2/dev.tsv \\
         --template "{text} It was {label}." --verbalizer "0=terrible,1=great" --shots 16 32 64 --seeds 0 1 2 3 4
 
-adversarial: fine-tunes plain and with each --adversarial method (same seed and settings), times a
-step of each, then runs `electra attack` (typos, words, generator; --detect with the same pretrained
-model) on the first --attack-limit dev examples. few-shot: per K and seed, prompt-based fine-tuning
+adversarial: per seed, fine-tunes plain and with each --adversarial method at each epsilon (same
+settings otherwise), times a step of each, then runs `electra attack` (typos, words, generator;
+--detect with the same pretrained model) on the first --attack-limit dev examples; the table gives
+mean ± sd over seeds, what the generator attack takes away, and whether a setting meets the target;
+OUT/adversarial.png plots clean against attacked accuracy. few-shot: per K and seed, prompt-based fine-tuning
 (`--task prompt`) and head fine-tuning (`--task classification`) on the same K examples per class,
 plus zero-shot and the majority class. Finished runs are kept in OUT/results.json; run again to go on.
 """
@@ -34,28 +37,106 @@ def electra(*args) -> dict:
 def seconds_per_step(run: Path) -> float:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "elapsed_s" in r and "loss" in r]
-    a, b = rows[1], rows[-1]  # past the first row's warm-up
+    if len(rows) < 3:  # too short a run to leave out the first row's warm-up
+        return rows[-1]["elapsed_s"] / rows[-1]["step"]
+    a, b = rows[1], rows[-1]
     return (b["elapsed_s"] - a["elapsed_s"]) / (b["step"] - a["step"])
 
 
 def adversarial(args, results: dict, save) -> None:
+    """Plain fine-tuning and each method at each epsilon, per seed; then the attacks on each result."""
     train = capped(args.train, args.max_train, args.out / f"train-{args.max_train}.tsv")
-    for method in ["plain", *args.methods]:
-        run = args.out / f"ft-{method}"
-        key = f"adversarial/{method}"
-        if key not in results:
-            flags = [] if method == "plain" else ["--adversarial", method, *args.adv_flags]
-            r = electra("finetune", "--task", "classification", "--model", args.model, "--train", train, "--dev",
-                        args.dev, "--out", run, "--overwrite", "--epochs", args.epochs, "--seed", args.seed, *flags)
-            r["seconds_per_step"] = round(seconds_per_step(run), 4)
-            results[key] = {"finetune": r}
-            save()
-        if "attack" not in results[key]:
-            results[key]["attack"] = electra("attack", "--model", run, "--data", args.dev, "--out", run / "attack",
-                                             "--overwrite", "--limit", args.attack_limit, "--detect", args.model,
-                                             "--max-queries", args.max_queries)
-            save()
-        print(f"{method}: {results[key]['finetune']['accuracy']:.4f} clean", file=sys.stderr)
+    configs = [("plain", None)] + [(m, e) for m in args.methods for e in args.epsilons]
+    for seed in args.seeds:
+        for method, eps in configs:
+            key = f"adversarial/{method}/{eps or '-'}/{seed}"
+            run = args.out / (f"ft-{method}-{seed}" if eps is None else f"ft-{method}-{eps}-{seed}")
+            if key not in results:
+                flags = [] if method == "plain" else ["--adversarial", method, "--adv-epsilon", eps,
+                                                      "--adv-alpha", eps / 2, *args.adv_flags]
+                r = electra("finetune", "--task", "classification", "--model", args.model, "--train", train, "--dev",
+                            args.dev, "--out", run, "--overwrite", "--epochs", args.epochs, "--seed", seed,
+                            "--max-seq-len", args.max_seq_len, *flags)
+                r["seconds_per_step"] = round(seconds_per_step(run), 4)
+                results[key] = {"finetune": r}
+                save()
+            if "attack" not in results[key]:
+                results[key]["attack"] = electra("attack", "--model", run, "--data", args.dev, "--out", run / "attack",
+                                                 "--overwrite", "--limit", args.attack_limit, "--detect", args.model,
+                                                 "--max-queries", args.max_queries)
+                save()
+            a = results[key]["attack"]
+            print(f"{method} {eps or ''} seed {seed}: clean {results[key]['finetune']['accuracy']:.4f}, "
+                  f"generator attack {a['generator']['metrics']['accuracy']:.4f}", file=sys.stderr)
+
+
+def adversarial_rows(results: dict) -> list[dict]:
+    """Per (method, epsilon), over seeds: clean dev accuracy, accuracy under each attack (first
+    --attack-limit dev examples), what the generator attack takes away, AUCs, seconds per step."""
+    groups: dict[tuple, list[dict]] = {}
+    for key, r in results.items():
+        if key.startswith("adversarial/") and "attack" in r and key.count("/") == 3:
+            _, method, eps, _seed = key.split("/")
+            groups.setdefault((method, eps), []).append(r)
+    rows = []
+    for (method, eps), runs in groups.items():
+        col = lambda f: [f(r) for r in runs]
+        clean300 = col(lambda r: r["attack"]["clean"]["accuracy"])
+        gen = col(lambda r: r["attack"]["generator"]["metrics"]["accuracy"])
+        rows.append({
+            "method": method, "epsilon": eps, "seeds": len(runs),
+            "seconds_per_step": statistics.median(col(lambda r: r["finetune"]["seconds_per_step"])),
+            "clean": col(lambda r: r["finetune"]["accuracy"]), "clean_attacked_subset": clean300,
+            "typos": col(lambda r: r["attack"]["typos"]["metrics"]["accuracy"]),
+            "words": col(lambda r: r["attack"]["words"]["metrics"]["accuracy"]),
+            "generator": gen, "lost_to_generator": [c - g for c, g in zip(clean300, gen)],
+            "success": col(lambda r: r["attack"]["generator"]["success_rate"]),
+            "auc_generator": [x for x in col(lambda r: r["attack"]["generator"].get("detection_auc")) if x is not None],
+        })
+    return rows
+
+
+def adversarial_table(rows: list[dict]) -> list[str]:
+    mean = lambda xs: statistics.mean(xs) if xs else float("nan")
+    ms = lambda xs: f"{mean(xs):.4f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.4f}"
+    plain = next((r for r in rows if r["method"] == "plain"), None)
+    lines = ["| fine-tuning | epsilon | seeds | s/step | clean acc (dev) | typos acc | words acc | generator acc | "
+             "lost to generator | loss cut vs plain | clean vs plain | AUC generator |", "|---" * 12 + "|"]
+    verdicts = []
+    for r in rows:
+        cut = clean_delta = None
+        if plain and r is not plain:
+            cut = 1 - mean(r["lost_to_generator"]) / mean(plain["lost_to_generator"])
+            clean_delta = mean(r["clean"]) - mean(plain["clean"])
+            if cut >= 0.30 and clean_delta >= -0.01:
+                verdicts.append(f"{r['method']} at epsilon {r['epsilon']}")
+        lines.append(f"| {r['method']} | {r['epsilon']} | {r['seeds']} | {r['seconds_per_step']:.3f} | {ms(r['clean'])} | "
+                     f"{mean(r['typos']):.4f} | {mean(r['words']):.4f} | {ms(r['generator'])} | "
+                     f"{mean(r['lost_to_generator']):.4f} | {'-' if cut is None else f'{cut:+.0%}'} | "
+                     f"{'-' if clean_delta is None else f'{100 * clean_delta:+.1f} pt'} | {mean(r['auc_generator']):.3f} |")
+    lines += ["", "Target (loss to the generator attack cut by >= 30% for <= 1 point of clean accuracy): "
+              + (f"met by {', '.join(verdicts)}." if verdicts else "not met by any setting.")]
+    return lines
+
+
+def adversarial_plot(rows: list[dict], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
+    for r in rows:
+        label = r["method"] if r["method"] == "plain" else f"{r['method']} {r['epsilon']}"
+        ax.errorbar(statistics.mean(r["clean"]), statistics.mean(r["generator"]), xerr=sd(r["clean"]),
+                    yerr=sd(r["generator"]), fmt="o", capsize=3, label=label)
+    ax.set_xlabel("clean dev accuracy")
+    ax.set_ylabel("accuracy under the generator attack")
+    ax.set_title("Adversarial fine-tuning: clean vs attacked (mean ± sd over seeds)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
 
 
 def few_shot(args, results: dict, save) -> None:
@@ -80,19 +161,10 @@ def few_shot(args, results: dict, save) -> None:
 
 def table(args, results: dict) -> str:
     lines = []
-    if any(k.startswith("adversarial/") for k in results):
-        lines += ["| fine-tuning | s/step | clean acc | typos acc | words acc | generator acc | generator success | "
-                  "words changed | queries | AUC typos | AUC words | AUC generator |", "|---" * 12 + "|"]
-        for key, r in results.items():
-            if not key.startswith("adversarial/") or "attack" not in r:
-                continue
-            a = r["attack"]
-            auc = lambda m: f"{a[m]['detection_auc']:.3f}" if a[m].get("detection_auc") is not None else "-"
-            lines.append(f"| {key.split('/')[1]} | {r['finetune']['seconds_per_step']:.3f} | {a['clean']['accuracy']:.4f} | "
-                         f"{a['typos']['metrics']['accuracy']:.4f} | {a['words']['metrics']['accuracy']:.4f} | "
-                         f"{a['generator']['metrics']['accuracy']:.4f} | {a['generator']['success_rate']:.3f} | "
-                         f"{a['generator']['words_changed_per_success'] or 0:.2f} | "
-                         f"{a['generator']['queries_per_example']:.1f} | {auc('typos')} | {auc('words')} | {auc('generator')} |")
+    rows = adversarial_rows(results)
+    if rows:
+        lines += adversarial_table(rows)
+        adversarial_plot(rows, args.out / "adversarial.png")
     if "zero-shot" in results:
         z = results["zero-shot"]
         lines += ["", f"zero-shot accuracy {z['accuracy']:.4f} (majority class {z['majority_accuracy']:.4f})", "",
@@ -118,15 +190,17 @@ def main() -> None:
     ap.add_argument("--dev", type=Path, required=True)
     ap.add_argument("--max-train", type=int, default=20000)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-seq-len", type=int, default=128)
     ap.add_argument("--methods", nargs="+", default=["fgm", "pgd", "freelb"])
-    ap.add_argument("--adv-flags", nargs="*", default=[], help="e.g. --adv-epsilon 0.5 (after --)")
+    ap.add_argument("--epsilons", type=float, nargs="+", default=[0.02],
+                    help="perturbation sizes (relative to each example's embedding norm); PGD/FreeLB steps are half")
+    ap.add_argument("--adv-flags", nargs="*", default=[], help="e.g. --adv-steps 2 (after --)")
     ap.add_argument("--attack-limit", type=int, default=300)
     ap.add_argument("--max-queries", type=int, default=100)
     ap.add_argument("--template")
     ap.add_argument("--verbalizer")
     ap.add_argument("--shots", type=int, nargs="+", default=[16, 32, 64])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="adversarial: 3 is plenty")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"

@@ -8,8 +8,8 @@ model without that step (same seeds and settings).
 Per task: the training texts (SST-2's first --max-train sentences; CoNLL's sentences, words joined) become
 a corpus, prepared with the model's tokenizer; the model is pretrained further on it for --steps (3,000
 steps of 32 are about 15 minutes of one thread for `tiny`; a full warm-up and decay schedule, a fresh
-optimizer, ELECTRA's objective, the generator too when the model has one), exported, and
-fine-tuned by benchmarks/finetune_suite.py next to the model as it was. Finished steps are kept.
+optimizer, the model's objective (--objective: ELECTRA's, with the generator too when the model has
+one, or the masked LM's), and fine-tuned by benchmarks/finetune_suite.py next to the model as it was. Finished steps are kept.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=20000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4, help="the continued pretraining's peak rate")
+    ap.add_argument("--objective", choices=["electra", "mlm"], default="electra",
+                    help="the continued pretraining's objective: the one the model was pretrained with")
     ap.add_argument("--data-root", type=Path, default=HERE.parents[1] / "shared" / "data")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -64,19 +66,20 @@ def main() -> None:
     for task in args.tasks:
         root = args.out / task
         root.mkdir(exist_ok=True)
-        export = root / "export"
-        if not (export / "done").is_file():
+        done = root / "run" / "done"
+        if not done.is_file():
             text = corpus(task, args.data_root / TEXTS[task], root / "corpus.txt", args.max_train)
             if not (root / "data" / "manifest.json").is_file():
-                electra("prepare", "--corpus", text, "--tokenizer", tokenizer, "--out", root / "data", "--workers", "1",
-                        "--overwrite")
+                cmd = [sys.executable, "-m", "electra", "prepare", "--corpus", str(text), "--tokenizer", str(tokenizer),
+                       "--out", str(root / "data"), "--workers", "1", "--overwrite"]  # (prepare has --workers, not --threads)
+                if subprocess.run(cmd, capture_output=True).returncode:
+                    raise SystemExit(f"failed: {' '.join(cmd)}")
             resume = ["--resume"] if (root / "run" / "run.json").is_file() else ["--init", args.model]
             electra("pretrain", "--data", root / "data", "--out", root / "run", "--max-steps", args.steps, "--batch-size", args.batch_size, "--lr", args.lr, "--eval-every", "0",
-                    "--save-every", "500", *resume)
-            electra("export", "--model", root / "run", "--out", export, "--overwrite")
-            (export / "done").write_text("")
+                    "--save-every", "500", "--objective", args.objective, *resume)
+            done.write_text("")
         rows = {}
-        for arm, model in (("tapt", export / "discriminator"), ("base", Path(args.model))):
+        for arm, model in (("tapt", root / "run"), ("base", Path(args.model))):
             out = root / f"suite-{arm}"
             cmd = [sys.executable, str(HERE / "finetune_suite.py"), "--lang", "en", "--model", str(model), "--out",
                    str(out), "--lr", "5e-4", "--epochs", "3", "--seeds", *map(str, args.seeds), "--only", task,

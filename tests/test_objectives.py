@@ -277,3 +277,7 @@ def test_mlm_init_from_an_electra_discriminator_or_a_masked_lm(prepared, tmp_pat
             if k.startswith("encoder.") or head == "source's":
                 assert torch.equal(v, source[k]), (src, k)
         assert init.source["head"] == head
+    # from the command line too: continued masked-LM pretraining says where it started
+    assert run(COMMANDS, ["pretrain", "--data", str(prepared / "data"), "--out", str(tmp_path / "again"), "--max-steps",
+                          "2", "--batch-size", "8", "--objective", "mlm", "--init", str(mlm_run)]) == 0
+    assert json.loads((tmp_path / "again" / "run.json").read_text())["init"]["masked_lm"].startswith(str(mlm_run))

@@ -332,8 +332,10 @@ def _train(world: World, res: Resolved, identity: dict, train_data: PretrainingD
     t = res.train
     model = build_model(res, special, init if ckpt is None else None).to(device)
     if init is not None and ckpt is None:
-        world.say(f"electra: starting from the weights of {init.source['discriminator']} (generator: "
-                  f"{init.source['generator']}); the optimizer starts fresh")
+        src = init.source
+        start = (f"the masked LM from {src['masked_lm']} ({src['head']} head)" if "masked_lm" in src else
+                 f"from the weights of {src['discriminator']} (generator: {src['generator']})")
+        world.say(f"electra: starting {start}; the optimizer starts fresh")
     if ckpt is not None:  # the whole weights first; sharding (FSDP) splits them afterwards
         load_pretraining_state(model, {k: v.to(device) for k, v in read_weights(ckpt).items()}, ckpt)
     if t.strategy == "fsdp" and not world.distributed:
