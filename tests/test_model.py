@@ -174,7 +174,7 @@ def test_sizes_registry():
 
 
 def test_bad_configs():
-    with pytest.raises(UserError, match="unknown model size 'huge'"):
+    with pytest.raises(UserError, match="unknown model size or recipe 'huge'"):
         get_size("huge")
     with pytest.raises(UserError, match="not divisible"):
         tiny_config(120, num_attention_heads=5)

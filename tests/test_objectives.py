@@ -258,6 +258,34 @@ def test_finetune_from_a_recipe_file_starts_untrained(prepared, tmp_path):  # no
     assert saved["model"]["hidden_size"] == 32  # tiny.yaml's encoder, not tiny's 128
 
 
+def test_packaged_recipes_by_name(prepared, tmp_path, monkeypatch, capsys):  # noqa: F811
+    from electra.config import model_from_spec, recipe_names
+    from electra.train.pretrain import resolve_config
+
+    assert "demo" in recipe_names()
+    for name in recipe_names():  # every shipped recipe resolves: sizes, objective and train settings known
+        res = resolve_config(name, {}, 1000, 0)
+        assert res.train.max_steps > 0 and res.train.lr > 0, name
+    assert resolve_config("demo", {}, 1000, 0).objective.temperature == 2.0
+    assert resolve_config("demo", {"lr": 5e-4}, 1000, 0).train.lr == 5e-4  # flags still win
+    # a run directory that carries a recipe's name is the run, not the recipe
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.tsv").write_text("sentence\tlabel\n" + "".join(f"the cat {i}\t{i % 2}\n" for i in range(16)))
+    common = ["--task", "classification", "--train", "t.tsv", "--dev", "t.tsv", "--epochs", "1", "--batch-size", "8"]
+    assert run(COMMANDS, ["finetune", "--model", "demo", "--tokenizer", str(prepared / "tok"), "--out", "ft",
+                          *common]) == 0
+    assert json.loads((tmp_path / "ft" / "electra.json").read_text())["model"]["hidden_size"] == 128  # tiny's
+    assert run(COMMANDS, ["pretrain", "--data", str(prepared / "data"), "--model", str(prepared / "tiny.yaml"), "--out",
+                          "demo", "--batch-size", "8", "--max-steps", "1"]) == 0
+    assert run(COMMANDS, ["finetune", "--model", "demo", "--out", "ft2", *common]) == 0
+    assert json.loads((tmp_path / "ft2" / "electra.json").read_text())["model"]["hidden_size"] == 32  # the run's
+    capsys.readouterr()
+    assert run(COMMANDS, ["pretrain", "--data", str(prepared / "data"), "--model", "nonesuch", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "recipes: " in err and "demo" in err and len(err.strip().splitlines()) == 1, err
+    assert model_from_spec("demo")[2] == "tiny"
+
+
 def test_mlm_init_from_an_electra_discriminator_or_a_masked_lm(prepared, tmp_path):  # noqa: F811
     from electra.data.tokenizer import special_ids, tokenizer_hash
     from electra.train.pretrain import build_model, from_pretrained, resolve_config

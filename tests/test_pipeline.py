@@ -227,7 +227,7 @@ def test_pretrain_bad_input(case, prepared, tmp_path, capsys):
     args = {"unknown size": ["--model", "gigantic"], "zero batch": ["--batch-size", "0"],
             "negative steps": ["--max-steps", "-3"], "zero lr": ["--lr", "0"], "bad duration": ["--time-budget", "soon"],
             "fp16 on cpu": ["--precision", "fp16"]}.get(case, [])
-    expected = {"unknown size": "unknown model size 'gigantic'", "zero batch": "batch-size must be positive",
+    expected = {"unknown size": "unknown model size or recipe 'gigantic'", "zero batch": "batch-size must be positive",
                 "negative steps": "max-steps must be positive", "zero lr": "lr must be positive and below 1",
                 "other run": "another model configuration", "no resume": "already holds a run",
                 "tokenizer mismatch": "is not the one", "bad duration": "cannot read the duration",

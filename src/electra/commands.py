@@ -202,7 +202,8 @@ def pretrain(*, data: Path, model: str | None = None, out: Path, max_steps: int 
 
     Args:
         data: a directory written by `electra prepare`
-        model: a size (tiny, small, base, large) or a YAML file of model/objective/train settings (default small;
+        model: a size (tiny, small, base, large), a packaged recipe (`demo`; README "Recipes") or a YAML file of
+            model/objective/train settings (default small;
             with --resume, the saved run's)
         out: the run directory (checkpoints, metrics, plots)
         max_steps: optimizer steps (default 10000)
@@ -244,7 +245,8 @@ def pretrain(*, data: Path, model: str | None = None, out: Path, max_steps: int 
 
 
 @computes
-def demo(*, out: Path = Path("demo-run"), steps: int = 1500, batch_size: int = 32, lr: float = 1e-3) -> None:
+def demo(*, out: Path = Path("demo-run"), steps: int | None = None, batch_size: int | None = None,
+         lr: float | None = None) -> None:
     """Pretrain a tiny ELECTRA on the bundled English Wikipedia sample and show it working.
 
     Trains a tokenizer, prepares examples, pretrains for a few minutes on 2 CPU cores, exports the
@@ -253,13 +255,13 @@ def demo(*, out: Path = Path("demo-run"), steps: int = 1500, batch_size: int = 3
 
     Args:
         out: directory for everything the demo makes (replaced if it holds an earlier demo)
-        steps: pretraining steps
-        batch_size: examples per step
-        lr: peak learning rate
+        steps: pretraining steps (default: the `demo` recipe's, 1500)
+        batch_size: examples per step (default: the recipe's, 32)
+        lr: peak learning rate (default: the recipe's, 1e-3)
     """
     from electra.demo import run_demo
 
-    if steps <= 0 or batch_size <= 0:
+    if (steps is not None and steps <= 0) or (batch_size is not None and batch_size <= 0):
         raise UserError("--steps and --batch-size must be positive")
     run_demo(out, steps, batch_size, lr, progress=sys.stderr.isatty())
 
@@ -295,7 +297,8 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, confi
     Args:
         task: classification, regression, ner, qa, or prompt (classification through the replaced-token head)
         model: our run/model directory or export (ELECTRA: its discriminator; mlm: its masked LM's encoder), a Hugging Face
-            ELECTRA directory, or a size (tiny, small, base, large) or a model YAML file (a recipe) for a random start
+            ELECTRA directory, or a size (tiny, small, base, large), a packaged recipe or a model YAML file for a
+            random start
         train: the training file
         dev: the dev file (scored every epoch; the best epoch is kept)
         out: directory for the fine-tuned model, metrics and reports
@@ -319,7 +322,7 @@ def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, confi
         doc_stride: qa: tokens between the starts of overlapping context windows (default 128)
         max_answer_len: qa: longest answer in word pieces (default 30)
         metric: the dev metric that picks the best epoch (default: accuracy, pearson, or f1 for ner and qa)
-        tokenizer: tokenizer directory (required with a size name; default: the model's)
+        tokenizer: tokenizer directory (required with a size or recipe; default: the model's)
         precision: fp32, or bf16/fp16 mixed precision on hardware that has it (default fp32)
         strategy: under torchrun, ddp replicates the model, fsdp shards it (PyTorch's fully_shard) (default ddp)
         length_buckets: batch examples of similar length (each window of 8 shuffled batches sorted by

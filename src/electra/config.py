@@ -159,9 +159,24 @@ SIZES: dict[str, ElectraConfig] = {
 def get_size(name: str) -> ElectraConfig:
     """A copy of a registered size, or a clear error listing the known ones."""
     if name not in SIZES:
-        raise UserError(f"unknown model size {name!r}; known sizes: {', '.join(SIZES)} "
-                        "(or pass a YAML file of model settings)")
+        raise UserError(f"unknown model size or recipe {name!r}; sizes: {', '.join(SIZES)}; recipes: "
+                        f"{', '.join(recipe_names())} (or pass a YAML file of model settings)")
     return ElectraConfig.from_dict(SIZES[name].to_dict())
+
+
+# Named recipes: YAML files of model, objective and train settings shipped with the package, each measured
+# (its header says on what and how); `--model NAME` uses one, `--model FILE.yaml` your own.
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def recipe_path(name: str) -> Path | None:
+    """The packaged recipe called `name`, if there is one."""
+    path = RECIPES / f"{name}.yaml"
+    return path if name in recipe_names() else None
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -459,12 +474,15 @@ def load_yaml(path: Path, known: set[str] | None = None) -> dict[str, Any]:
 
 
 def model_from_spec(spec: str) -> tuple[ElectraConfig, dict[str, Any], str]:
-    """A size name or a YAML file -> (model config, the YAML's other sections, base size name)."""
+    """A size name, a recipe name or a YAML file -> (model config, the YAML's other sections, base size name)."""
     if spec in SIZES:
         return get_size(spec), {}, spec
-    if not spec.endswith((".yaml", ".yml")) and not Path(spec).is_file():
-        get_size(spec)  # raises the "unknown size" error listing the known ones
-    data = load_yaml(Path(spec))
+    path = Path(spec)
+    if not path.is_file() and recipe_path(spec):
+        path = recipe_path(spec)
+    elif not spec.endswith((".yaml", ".yml")) and not path.is_file():
+        get_size(spec)  # raises the "unknown size or recipe" error listing the known ones
+    data = load_yaml(path)
     base = data.get("model", "small")
     cfg = get_size(base)
     disc = dataclasses.replace(cfg.discriminator, **_checked(data.get("discriminator", {}), ModelConfig, spec))

@@ -45,7 +45,9 @@ def _fresh_dir(out: Path) -> None:
     (out / MARKER).write_text("made by `electra demo`; safe to delete\n")
 
 
-def run_demo(out: Path, steps: int, batch_size: int, lr: float, progress: bool) -> dict:
+def run_demo(out: Path, steps: int | None, batch_size: int | None, lr: float | None, progress: bool) -> dict:
+    """Everything `electra demo` does; steps, batch_size and lr default to the `demo` recipe's."""
+    from electra.config import model_from_spec
     from electra.display import print_detection
     from electra.data.corpus import iter_lines
     from electra.data.dataset import PretrainingData
@@ -64,14 +66,12 @@ def run_demo(out: Path, steps: int, batch_size: int, lr: float, progress: bool) 
     print("[2/5] building 128-token pretraining examples")
     m = prepare(corpus, out / "tokenizer", out / "data", 128, val_every=20, progress=progress)
     print(f"      {m['train']['examples']:,} train / {m['validation']['examples']:,} held-out examples")
+    recipe = model_from_spec("demo")[1]  # the packaged recipe (src/electra/recipes/demo.yaml) says why
+    steps = steps or recipe["train"]["max_steps"]
+    batch_size = batch_size or recipe["train"]["batch_size"]
     print(f"[3/5] pretraining a tiny ELECTRA for {steps} steps of {batch_size} examples (a few minutes on 2 cores)")
-    # A generator this small, trained this briefly, proposes near-unigram words; sampling it at
-    # temperature 2 (the paper: 1) gives the discriminator clearer replacements to learn from early
-    # on (benchmarks/tiny_hot_sampling.yaml, BENCHMARKS.md "Pretraining quality").
-    recipe = out / "tiny.yaml"
-    recipe.write_text("model: tiny\nobjective:\n  temperature: 2.0\n")
     print("      generator sampled at temperature 2 (the paper's 1 needs a longer run to learn as much)")
-    run = pretrain(out / "data", str(recipe), out / "run", max_steps=steps, batch_size=batch_size,
+    run = pretrain(out / "data", "demo", out / "run", max_steps=steps, batch_size=batch_size,
                    lr=lr, save_every=steps, eval_every=max(1, steps // 10), log_every=max(1, steps // 50),
                    keep_last=1)
     print("[4/5] exporting in Hugging Face format")

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 from electra import hf
 from electra.checkpoint import ELECTRA_JSON, read_weights
-from electra.config import SIZES, ModelConfig, SpecialIds, model_from_spec, read_json
+from electra.config import SIZES, ModelConfig, SpecialIds, model_from_spec, read_json, recipe_path
 from electra.data.tokenizer import check_vocab, is_lowercase, load_tokenizer, save_tokenizer, special_ids
 from electra.errors import UserError
 from electra.finetune.model import HF_ARCHITECTURE, FinetuneModel
@@ -45,7 +45,8 @@ def load_encoder_source(src: str, tokenizer: Path | None,
                         with_head: bool = False) -> tuple[ModelConfig, dict | None, Tokenizer, str]:
     """--model of `finetune` -> (encoder config, encoder weights or None for a random start, tokenizer, what).
     with_head: prompt-based fine-tuning also keeps the discriminator's replaced-token head (head.*)."""
-    if src in SIZES or (src.endswith((".yaml", ".yml")) and Path(src).is_file()):  # a size or a recipe: untrained
+    recipe = recipe_path(src) and not Path(src).exists()  # (a run directory may carry a recipe's name)
+    if src in SIZES or recipe or (src.endswith((".yaml", ".yml")) and Path(src).is_file()):  # untrained
         if tokenizer is None:
             raise UserError(f"--model {src} starts from random weights and needs --tokenizer DIR "
                             "(e.g. the tokenizer of the pretrained model you compare against)")
