@@ -283,6 +283,8 @@ def test_packaged_recipes_by_name(prepared, tmp_path, monkeypatch, capsys):  # n
     assert run(COMMANDS, ["pretrain", "--data", str(prepared / "data"), "--model", "nonesuch", "--out", "x"]) == 2
     err = capsys.readouterr().err
     assert "recipes: " in err and "demo" in err and len(err.strip().splitlines()) == 1, err
+    assert run(COMMANDS, ["demo", "--model", "nonesuch", "--out", "dd"]) == 2  # before anything is made
+    assert not (tmp_path / "dd").exists()
     assert model_from_spec("demo")[2] == "tiny"
 
 

@@ -245,8 +245,8 @@ def pretrain(*, data: Path, model: str | None = None, out: Path, max_steps: int 
 
 
 @computes
-def demo(*, out: Path = Path("demo-run"), steps: int | None = None, batch_size: int | None = None,
-         lr: float | None = None) -> None:
+def demo(*, out: Path = Path("demo-run"), model: str = "demo", steps: int | None = None, batch_size: int | None = None,
+         lr: float | None = None, seed: int | None = None) -> None:
     """Pretrain a tiny ELECTRA on the bundled English Wikipedia sample and show it working.
 
     Trains a tokenizer, prepares examples, pretrains for a few minutes on 2 CPU cores, exports the
@@ -255,15 +255,17 @@ def demo(*, out: Path = Path("demo-run"), steps: int | None = None, batch_size: 
 
     Args:
         out: directory for everything the demo makes (replaced if it holds an earlier demo)
-        steps: pretraining steps (default: the `demo` recipe's, 1500)
-        batch_size: examples per step (default: the recipe's, 32)
-        lr: peak learning rate (default: the recipe's, 1e-3)
+        model: the recipe to pretrain with: a recipe name or a YAML file
+        steps: pretraining steps (default: the recipe's; demo: 1500)
+        batch_size: examples per step (default: the recipe's; demo: 32)
+        lr: peak learning rate (default: the recipe's; demo: 1e-3)
+        seed: seed of initialisation, data order, masking and sampling (default: the recipe's, or 0)
     """
     from electra.demo import run_demo
 
     if (steps is not None and steps <= 0) or (batch_size is not None and batch_size <= 0):
         raise UserError("--steps and --batch-size must be positive")
-    run_demo(out, steps, batch_size, lr, progress=sys.stderr.isatty())
+    run_demo(out, steps, batch_size, lr, progress=sys.stderr.isatty(), model=model, seed=seed)
 
 @computes
 def finetune(*, task: Task, model: str, train: Path, dev: Path, out: Path, config: Path | None = None,

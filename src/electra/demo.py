@@ -45,8 +45,10 @@ def _fresh_dir(out: Path) -> None:
     (out / MARKER).write_text("made by `electra demo`; safe to delete\n")
 
 
-def run_demo(out: Path, steps: int | None, batch_size: int | None, lr: float | None, progress: bool) -> dict:
-    """Everything `electra demo` does; steps, batch_size and lr default to the `demo` recipe's."""
+def run_demo(out: Path, steps: int | None, batch_size: int | None, lr: float | None, progress: bool,
+             model: str = "demo", seed: int | None = None) -> dict:
+    """Everything `electra demo` does, pretraining with the recipe `model`; steps, batch_size, lr and seed
+    default to the recipe's."""
     from electra.config import model_from_spec
     from electra.display import print_detection
     from electra.data.corpus import iter_lines
@@ -58,6 +60,7 @@ def run_demo(out: Path, steps: int | None, batch_size: int | None, lr: float | N
     from electra.pretrained import export_hf, load_pretrained
     from electra.train.pretrain import pretrain
 
+    recipe = model_from_spec(model)[1]  # the packaged `demo` recipe (src/electra/recipes/demo.yaml) says why
     _fresh_dir(out)
     corpus = [sample_path()]
     print(f"[1/5] training a WordPiece tokenizer on the bundled Wikipedia sample ({corpus[0].stat().st_size / 1e6:.1f} MB gzip)")
@@ -66,21 +69,22 @@ def run_demo(out: Path, steps: int | None, batch_size: int | None, lr: float | N
     print("[2/5] building 128-token pretraining examples")
     m = prepare(corpus, out / "tokenizer", out / "data", 128, val_every=20, progress=progress)
     print(f"      {m['train']['examples']:,} train / {m['validation']['examples']:,} held-out examples")
-    recipe = model_from_spec("demo")[1]  # the packaged recipe (src/electra/recipes/demo.yaml) says why
-    steps = steps or recipe["train"]["max_steps"]
-    batch_size = batch_size or recipe["train"]["batch_size"]
-    print(f"[3/5] pretraining a tiny ELECTRA for {steps} steps of {batch_size} examples (a few minutes on 2 cores)")
-    print("      generator sampled at temperature 2 (the paper's 1 needs a longer run to learn as much)")
-    run = pretrain(out / "data", "demo", out / "run", max_steps=steps, batch_size=batch_size,
-                   lr=lr, save_every=steps, eval_every=max(1, steps // 10), log_every=max(1, steps // 50),
-                   keep_last=1)
+    steps = steps or recipe.get("train", {}).get("max_steps", 1500)
+    batch_size = batch_size or recipe.get("train", {}).get("batch_size", 32)
+    print(f"[3/5] pretraining a {recipe.get('model', 'small')} ELECTRA for {steps} steps of {batch_size} examples "
+          f"({'a few minutes on 2 cores' if model == 'demo' else 'recipe ' + model})")
+    temperature = recipe.get("objective", {}).get("temperature", 1.0)
+    if temperature != 1.0:
+        print(f"      generator sampled at temperature {temperature:g} (the paper's 1 needs a longer run to learn as much)")
+    run = pretrain(out / "data", model, out / "run", max_steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                   save_every=steps, eval_every=max(1, steps // 10), log_every=max(1, steps // 50), keep_last=1)
     print("[4/5] exporting in Hugging Face format")
     pre = load_pretrained(run)
     export_hf(pre, out / "export")
 
     print("[5/5] the discriminator reading sentences with one swapped word; [brackets] mark the word pieces\n"
           "      it finds most suspicious (p(replaced) over twice the sentence's median)\n")
-    gaps = []
+    gaps, ranks = [], []
     for original, corrupted in CORRUPTED:
         result = detect(pre, [corrupted])[0]
         tokens, probs = result["tokens"], result["replaced_prob"]
@@ -94,6 +98,7 @@ def run_demo(out: Path, steps: int | None, batch_size: int | None, lr: float | N
         if rep and other:
             rank = sorted(probs, reverse=True).index(max(rep)) + 1
             gaps.append((sum(rep) / len(rep), sum(other) / len(other)))
+            ranks.append(rank)
             print(f"      swapped in: '{word}': p(replaced) {gaps[-1][0]:.2f}, the other words "
                   f"{gaps[-1][1]:.2f} on average; most suspicious #{rank} of {len(probs)}\n")
     auc = replaced_token_auc(pre.discriminator, PretrainingData(out / "data", "validation"), n_examples=200)
@@ -114,7 +119,7 @@ def run_demo(out: Path, steps: int | None, batch_size: int | None, lr: float | N
     print(f"Hugging Face export: {out / 'export'}/discriminator and /generator "
           "(ElectraForPreTraining / ElectraForMaskedLM)")
     print(f"Try: electra detect --model {run} \"your sentence with one odd carrot\"")
-    return {"auc": auc["auc"], "gaps": gaps, "fill_mask_shown": shows_context(filled)}
+    return {"auc": auc["auc"], "gaps": gaps, "ranks": ranks, "fill_mask_shown": shows_context(filled)}
 
 
 def shows_context(candidates: list[list[dict]], overlap: float = 0.6, confident: float = 0.02) -> bool:
