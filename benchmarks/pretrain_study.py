@@ -273,7 +273,6 @@ def main() -> None:
             run.update(steps=steps, lr=lr, flops=steps * flops_per_step(args, arm), export=str(export))
             run.setdefault("pretrain_wall_s", round(time.perf_counter() - started, 1))
             save()
-    first = None
     for budget in args.budgets:
         for arm in args.arms:
             run = study["runs"][f"{arm}-{budget}"]
@@ -281,9 +280,10 @@ def main() -> None:
                             else Path(run["export"]) / "generator", args.out / f"suite-{arm}-{budget}", ["pretrained"])
             run["scores"] = scores(results, "pretrained")
             run["summary"] = summary(run["scores"], TASKS[args.lang])
-            first = first or run["export"]
             save()
-    results = suite(args, Path(first) / "discriminator", args.out / "suite-scratch", ["scratch"])
+    # the scratch arm takes only the tokenizer from a model: always the study's first, as its suite recorded
+    source = study.setdefault("scratch_source", next(iter(study["runs"].values()))["export"])
+    results = suite(args, Path(source) / "discriminator", args.out / "suite-scratch", ["scratch"])
     study["scratch_scores"] = scores(results, "scratch")
     study["scratch"] = summary(study["scratch_scores"], TASKS[args.lang])
     save()

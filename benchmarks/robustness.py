@@ -168,7 +168,8 @@ def table(args, results: dict) -> str:
     if "zero-shot" in results:
         z = results["zero-shot"]
         lines += ["", f"zero-shot accuracy {z['accuracy']:.4f} (majority class {z['majority_accuracy']:.4f})", "",
-                  "| K per class | seeds | prompt | head | prompt - head |", "|---|---|---|---|---|"]
+                  "| K per class | seeds | prompt | head | prompt - head (paired, mean ± sd) | seeds prompt wins | "
+                  "paired t-test p |", "|---|---|---|---|---|---|---|"]
         for k in args.shots:
             pairs = [(results.get(f"few-shot/{k}/{s}/prompt"), results.get(f"few-shot/{k}/{s}/classification"))
                      for s in args.seeds]
@@ -176,9 +177,19 @@ def table(args, results: dict) -> str:
             if pairs:
                 sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
                 p, h = [x[0] for x in pairs], [x[1] for x in pairs]
+                d = [a - b for a, b in pairs]  # the same K examples per seed: compare pairwise
                 lines.append(f"| {k} | {len(pairs)} | {statistics.mean(p):.4f} ± {sd(p):.4f} | "
-                             f"{statistics.mean(h):.4f} ± {sd(h):.4f} | {statistics.mean(p) - statistics.mean(h):+.4f} |")
+                             f"{statistics.mean(h):.4f} ± {sd(h):.4f} | {statistics.mean(d):+.4f} ± {sd(d):.4f} | "
+                             f"{sum(x > 0 for x in d)}/{len(d)} | {paired_p(p, h)} |")
     return "\n".join(lines)
+
+
+def paired_p(a: list[float], b: list[float]) -> str:
+    """Two-sided paired t-test (scipy) of a against b, as text ('-' below 3 pairs)."""
+    if len(a) < 3:
+        return "-"
+    from scipy.stats import ttest_rel
+    return f"{ttest_rel(a, b).pvalue:.2f}"
 
 
 def main() -> None:
