@@ -60,7 +60,7 @@ def run_demo(out: Path, steps: int | None, batch_size: int | None, lr: float | N
     from electra.pretrained import export_hf, load_pretrained
     from electra.train.pretrain import pretrain
 
-    recipe = model_from_spec(model)[1]  # the packaged `demo` recipe (src/electra/recipes/demo.yaml) says why
+    _, recipe, size = model_from_spec(model)  # the packaged `demo` recipe (src/electra/recipes/demo.yaml) says why
     _fresh_dir(out)
     corpus = [sample_path()]
     print(f"[1/5] training a WordPiece tokenizer on the bundled Wikipedia sample ({corpus[0].stat().st_size / 1e6:.1f} MB gzip)")
@@ -71,7 +71,7 @@ def run_demo(out: Path, steps: int | None, batch_size: int | None, lr: float | N
     print(f"      {m['train']['examples']:,} train / {m['validation']['examples']:,} held-out examples")
     steps = steps or recipe.get("train", {}).get("max_steps", 1500)
     batch_size = batch_size or recipe.get("train", {}).get("batch_size", 32)
-    print(f"[3/5] pretraining a {recipe.get('model', 'small')} ELECTRA for {steps} steps of {batch_size} examples "
+    print(f"[3/5] pretraining a {size} ELECTRA for {steps} steps of {batch_size} examples "
           f"({'a few minutes on 2 cores' if model == 'demo' else 'recipe ' + model})")
     temperature = recipe.get("objective", {}).get("temperature", 1.0)
     if temperature != 1.0:
