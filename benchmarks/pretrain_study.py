@@ -43,6 +43,8 @@ ARMS = {
     "electra-wwm": ({"whole_word_mask": True}, [], None),
     "electra-t2": ({"temperature": 2.0}, [], None),  # the generator sampled hotter: the discriminator starts sooner
     "mlm-wwm": ({"kind": "mlm", "whole_word_mask": True}, MLM, None),
+    "electra-t2-gdes": ({"temperature": 2.0, "embedding_sharing": "gdes"}, [], None),
+    "electra-t2-wwm": ({"temperature": 2.0, "whole_word_mask": True}, [], None),
     # the peak rate, searched at the shortest budget (MLM gets its own best rate)
     "electra-t2-lr3e-3": ({"temperature": 2.0}, [], 3e-3),
     "mlm-lr5e-4": ({"kind": "mlm"}, MLM, 5e-4),
