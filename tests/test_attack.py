@@ -45,6 +45,19 @@ def test_word_drops_and_swaps_keep_the_other_words():
     dropped = [old for old, n in changed if n == ""]
     assert sorted(new.split() + dropped) == sorted(text.split())
     assert split_words("我们喜欢电影") == (list("我们喜欢电影"), "")
+    for seed in range(50):  # a drop may take any word, never all of them (an empty text cannot be scored)
+        assert perturb_words("great film", 1.0, random.Random(seed))[0].strip()
+        assert perturb_words("好看", 1.0, random.Random(seed))[0]
+
+
+def test_chinese_typos_edit_characters():
+    text = "这部电影很好看，演员也不错"
+    new, changed = perturb_typos(text, 0.3, random.Random(0))
+    assert changed and new != text and new == perturb_typos(text, 0.3, random.Random(0))[0]
+    for old, edit in changed:  # a swap with the next character, a deletion or a repeat
+        assert edit in (old[::-1], "", old + old)
+    for seed in range(50):
+        assert perturb_typos("好", 1.0, random.Random(seed))[0]
 
 
 class StubModel(Query):

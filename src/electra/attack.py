@@ -68,6 +68,8 @@ def typo(word: str, rng: random.Random) -> str:
 
 def perturb_typos(text: str, rate: float, rng: random.Random) -> tuple[str, list]:
     words, sep = split_words(text)
+    if not sep:
+        return _character_typos(words, rate, rng)
     changed = []
     for i, w in enumerate(words):
         if rng.random() < rate:
@@ -78,19 +80,46 @@ def perturb_typos(text: str, rate: float, rng: random.Random) -> tuple[str, list
     return sep.join(words), changed
 
 
+def _character_typos(chars: list[str], rate: float, rng: random.Random) -> tuple[str, list]:
+    """Chinese without spaces, where each character is a word: swap a character with the next, delete it
+    or repeat it, each at `rate` per character (keyboard neighbours have no meaning here)."""
+    out, changed, i = [], [], 0
+    while i < len(chars):
+        c = chars[i]
+        if _CJK.match(c) and rng.random() < rate:
+            op = rng.choice(["swap", "delete", "repeat"])
+            if op == "swap" and i + 1 < len(chars):
+                out += [chars[i + 1], c]
+                changed.append([c + chars[i + 1], chars[i + 1] + c])
+                i += 2
+                continue
+            if op == "delete" and (out or i + 1 < len(chars)):  # never the whole text
+                changed.append([c, ""])
+                i += 1
+                continue
+            out.append(c)
+            changed.append([c, c + c])
+        out.append(c)
+        i += 1
+    return "".join(out), changed
+
+
 def perturb_words(text: str, rate: float, rng: random.Random) -> tuple[str, list]:
     words, sep = split_words(text)
     out, changed, i = [], [], 0
     while i < len(words):
         if rng.random() < rate and len(words) > 1:
-            if rng.random() < 0.5 or i + 1 == len(words):
+            can_swap = i + 1 < len(words)
+            can_drop = bool(out) or can_swap  # never every word: an empty text cannot be scored
+            if can_drop and (rng.random() < 0.5 or not can_swap):
                 changed.append([words[i], ""])  # dropped
                 i += 1
                 continue
-            changed.append([f"{words[i]} {words[i + 1]}", f"{words[i + 1]} {words[i]}"])  # swapped
-            out += [words[i + 1], words[i]]
-            i += 2
-            continue
+            if can_swap:
+                changed.append([f"{words[i]} {words[i + 1]}", f"{words[i + 1]} {words[i]}"])  # swapped
+                out += [words[i + 1], words[i]]
+                i += 2
+                continue
         out.append(words[i])
         i += 1
     return sep.join(out), changed

@@ -453,8 +453,9 @@ def attack(*, model: str, data: Path, out: Path, methods: list[str] | None = Non
     """Attack a fine-tuned classifier and report how robust it is; optionally, how well a discriminator
     spots the attacked inputs.
 
-    typos: character swaps, deletions, insertions and keyboard neighbours at --rate per word; words: word
-    drops and swaps at --rate; generator: an ELECTRA generator proposes in-context substitutes for the most
+    typos: character swaps, deletions, insertions and keyboard neighbours at --rate per word (Chinese without
+    spaces: swaps with the next character, deletions and repeats at --rate per character); words: word
+    drops and swaps at --rate (never every word); generator: an ELECTRA generator proposes in-context substitutes for the most
     important words, replaced greedily until the prediction flips, within --max-queries and --max-change
     (BAE / BERT-Attack style). The last text of a pair is attacked. Reports the clean metric, the metric
     under each attack, the attack success rate (of the examples classified correctly), words changed per
