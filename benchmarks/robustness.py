@@ -34,6 +34,10 @@ def electra(*args) -> dict:
     return run_electra(list(args), threads=1)
 
 
+def sd(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
 def seconds_per_step(run: Path) -> float:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "elapsed_s" in r and "loss" in r]
@@ -81,16 +85,15 @@ def adversarial_rows(results: dict) -> list[dict]:
     rows = []
     for (method, eps), runs in groups.items():
         col = lambda f: [f(r) for r in runs]
-        clean300 = col(lambda r: r["attack"]["clean"]["accuracy"])
+        clean_attacked = col(lambda r: r["attack"]["clean"]["accuracy"])  # the attacked subset's clean accuracy
         gen = col(lambda r: r["attack"]["generator"]["metrics"]["accuracy"])
         rows.append({
             "method": method, "epsilon": eps, "seeds": len(runs),
             "seconds_per_step": statistics.median(col(lambda r: r["finetune"]["seconds_per_step"])),
-            "clean": col(lambda r: r["finetune"]["accuracy"]), "clean_attacked_subset": clean300,
+            "clean": col(lambda r: r["finetune"]["accuracy"]),
             "typos": col(lambda r: r["attack"]["typos"]["metrics"]["accuracy"]),
             "words": col(lambda r: r["attack"]["words"]["metrics"]["accuracy"]),
-            "generator": gen, "lost_to_generator": [c - g for c, g in zip(clean300, gen)],
-            "success": col(lambda r: r["attack"]["generator"]["success_rate"]),
+            "generator": gen, "lost_to_generator": [c - g for c, g in zip(clean_attacked, gen)],
             "auc_generator": [x for x in col(lambda r: r["attack"]["generator"].get("detection_auc")) if x is not None],
         })
     return rows
@@ -98,7 +101,7 @@ def adversarial_rows(results: dict) -> list[dict]:
 
 def adversarial_table(rows: list[dict]) -> list[str]:
     mean = lambda xs: statistics.mean(xs) if xs else float("nan")
-    ms = lambda xs: f"{mean(xs):.4f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.4f}"
+    ms = lambda xs: f"{mean(xs):.4f} ± {sd(xs):.4f}"
     plain = next((r for r in rows if r["method"] == "plain"), None)
     lines = ["| fine-tuning | epsilon | seeds | s/step | clean acc (dev) | typos acc | words acc | generator acc | "
              "lost to generator | loss cut vs plain | clean vs plain | AUC generator |", "|---" * 12 + "|"]
@@ -124,7 +127,6 @@ def adversarial_plot(rows: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
     for r in rows:
         label = r["method"] if r["method"] == "plain" else f"{r['method']} {r['epsilon']}"
         ax.errorbar(statistics.mean(r["clean"]), statistics.mean(r["generator"]), xerr=sd(r["clean"]),
@@ -175,7 +177,6 @@ def table(args, results: dict) -> str:
                      for s in args.seeds]
             pairs = [(p["accuracy"], h["accuracy"]) for p, h in pairs if p and h]
             if pairs:
-                sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
                 p, h = [x[0] for x in pairs], [x[1] for x in pairs]
                 d = [a - b for a, b in pairs]  # the same K examples per seed: compare pairwise
                 lines.append(f"| {k} | {len(pairs)} | {statistics.mean(p):.4f} ± {sd(p):.4f} | "

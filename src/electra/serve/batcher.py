@@ -85,13 +85,16 @@ class Batcher:
             first = taken[0]
             key = (first.endpoint, first.options)
             deadline = first.enqueued + self.max_wait
-            while sum(len(j.inputs) for j in taken if (j.endpoint, j.options) == key) < self.max_batch_size:
+            of_key = sum(len(j.inputs) for j in taken if (j.endpoint, j.options) == key)
+            while of_key < self.max_batch_size:
                 timeout = deadline - time.perf_counter()
                 try:
                     job = self.jobs.get_nowait() if timeout <= 0 else await asyncio.wait_for(self.jobs.get(), timeout)
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
                 taken.append(job)
+                if (job.endpoint, job.options) == key:
+                    of_key += len(job.inputs)
             # the first job's kind, in arrival order, up to the batch size; the rest wait for the next batches
             batch, size, rest = [], 0, deque()
             for job in taken:
