@@ -185,6 +185,45 @@ def test_onnx_backend_gives_the_same_predictions(model_dir, tmp_path):
         assert abs(g["score"] - w["score"]) < 1e-4
 
 
+def test_the_model_thread_hands_freed_memory_back_between_batches(model_dir, monkeypatch):
+    """The electra command keeps freed memory for speed; a server would grow with it (a 10-minute soak:
+    +54% resident), so between batches, at most every TRIM_EVERY_S, it goes back to the OS, failed
+    batches included; and the ONNX backend runs a batch in length-sorted pieces of 8."""
+    from electra.api import load
+    from electra.serve import backends
+
+    released = []
+    monkeypatch.setattr(backends, "release_freed_memory", lambda: released.append(1) or True)
+    backend = Backend(load(model_dir / "ft"), "torch")
+    backend.run("predict", ["a cat", "a dog"], {})
+    assert not released  # not yet: TRIM_EVERY_S has not passed
+    backend.TRIM_EVERY_S = 0.0
+    backend.run("predict", ["a cat"], {})
+    with pytest.raises(Exception):
+        backend.run("predict", [{"no": "text"}], {})
+    assert len(released) == 2
+    sizes = []
+    monkeypatch.setattr(backend.model, "predict", lambda inputs, top_k, batch_size: sizes.append(batch_size) or [])
+    backend.model_batch = 8
+    backend.run("predict", ["x"] * 20, {})
+    backend.run("predict", ["x"] * 3, {})
+    assert sizes == [8, 3]
+
+
+def test_bench_infer_times_the_served_model_itself(model_dir, capsys):
+    """The offline rate `serve` is compared with: the fine-tuned directory's own tokenizer and weights,
+    with the Hugging Face reference on the same weights."""
+    pytest.importorskip("transformers")
+    args = ["bench", "infer", "--model", str(model_dir / "ft"), "--data", str(model_dir / "new.tsv"),
+            "--batch-size", "4", "--rounds", "1", "--compare", "hf", "--json"]
+    assert run(COMMANDS, args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["sentences"] == 20 and result["sequences_per_s"] > 0
+    assert result["max_abs_logit_diff"] < 1e-4
+    assert run(COMMANDS, ["bench", "infer", "--model", str(model_dir / "nothing-here")]) == 2
+    assert "neither a size (tiny, small, base, large) nor a directory" in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

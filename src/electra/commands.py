@@ -707,10 +707,12 @@ def bench_infer(*, model: str = "small", data: Path | None = None, batch_size: i
 
     With --compare hf, transformers' ElectraForSequenceClassification with the same weights
     classifies the same sentences on batches padded to their longest member; the largest logit
-    difference is reported.
+    difference is reported. The model forward only: tokenizing and the results are not timed.
 
     Args:
-        model: a size: tiny, small, base, large
+        model: a size (tiny, small, base, large: random weights and a tokenizer trained on the
+            sentences), or a fine-tuned single-sentence classifier's directory (its own tokenizer and
+            weights: what `electra serve` would serve, on the same tokens)
         data: a table of sentences (e.g. SST-2's dev.tsv); default: 1000 synthetic sentences of mixed length
         batch_size: sentences per batch
         seq_len: longest input; longer sentences are cut
@@ -747,7 +749,9 @@ def serve(*, model: str, host: str = "127.0.0.1", port: int = 8000, max_batch_si
         max_batch_size: most inputs the model runs at once
         max_wait_ms: how long the first request of a batch waits for others
         max_queue: most inputs waiting; beyond, requests get 503
-        backend: torch, or onnx (ONNX Runtime; a model that is no ONNX export is exported to MODEL-onnx/ first)
+        backend: torch (the most sentences/s under load), or onnx (ONNX Runtime: on 2 CPU cores 2.5-3x
+            faster one request at a time, slower with batching; a model that is no ONNX export is
+            exported to MODEL-onnx/ first)
     """
     import socket
 

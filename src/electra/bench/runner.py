@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from electra.bench import flops
-from electra.config import SpecialIds, get_size
+from electra.config import SIZES, SpecialIds, get_size
 from electra.errors import UserError
 from electra.model.cpu import use_cpu_kernels
 from electra.runtime import autocast as _autocast
@@ -156,7 +156,7 @@ def run_bench(mode: str, size: str, batch_size: int, seq_len: int, steps: int, w
     device = pick_device()
     if precision != "fp32" and device.type == "cpu":
         raise UserError(f"--precision {precision} is for GPUs here; this CPU runs fp32")
-    if seq_len > get_size(size).discriminator.max_position_embeddings:
+    if (mode != "infer" or size in SIZES) and seq_len > get_size(size).discriminator.max_position_embeddings:
         raise UserError(f"--seq-len {seq_len} exceeds the model's {get_size(size).discriminator.max_position_embeddings} positions")
     if compare_hf:
         try:
@@ -232,12 +232,37 @@ def finetune_steps(size: str, batch_size: int, seq_len: int, precision: str, dev
     return runs, 3 * flops.classifier_forward(cfg, seq_len)
 
 
+def _classifier(model: str, texts: list[str], seq_len: int):
+    """(config, classifier, tokenizer) for `bench infer --model`: a size, or a fine-tuned directory."""
+    from electra.data.tokenizer import train_tokenizer
+    from electra.finetune.model import FinetuneModel
+
+    if model in SIZES:
+        cfg = get_size(model).discriminator
+        tok = train_tokenizer(texts, vocab_size=min(cfg.vocab_size, 8000), min_frequency=1, show_progress=False)
+        torch.manual_seed(0)
+        return cfg, FinetuneModel(cfg, "classification", 2), tok
+    from electra.finetune.load import load_finetuned
+
+    if not Path(model).is_dir():
+        raise UserError(f"--model {model} is neither a size ({', '.join(SIZES)}) nor a directory; give a size or "
+                        "a fine-tuned classification model")
+    ft = load_finetuned(model)
+    pairs = len(ft.task.settings.get("columns", {}).get("texts", [])) == 2
+    if ft.task.name != "classification" or pairs:
+        raise UserError(f"{model} is a {ft.task.name}{' (pairs)' if pairs else ''} model; `bench infer` times "
+                        "single-sentence classification: give a size or such a model")
+    if seq_len > ft.model.config.max_position_embeddings:
+        raise UserError(f"--seq-len {seq_len} exceeds the model's {ft.model.config.max_position_embeddings} positions")
+    return ft.model.config, ft.model, ft.tokenizer
+
+
 def _hf_classifier(ours):
     """transformers' ElectraForSequenceClassification with our model's weights."""
     import transformers
 
     from electra import hf
-    config = hf.hf_config(ours.config, "ElectraForSequenceClassification", num_labels=2)
+    config = hf.hf_config(ours.config, "ElectraForSequenceClassification", num_labels=ours.head.out_proj.out_features)
     ref = transformers.ElectraForSequenceClassification(transformers.ElectraConfig(
         **{k: v for k, v in config.items() if k not in ("architectures", "model_type", "dtype")}))
     ref.load_state_dict(hf.to_hf(ours.state_dict(), ours.config, hf.HEADS["classification"]), strict=True)
@@ -259,17 +284,16 @@ def _sentences(data: Path | None) -> list[str]:
 def infer(size: str, batch_size: int, seq_len: int, precision: str, device: torch.device, compare_hf: bool,
           data: Path | None, rounds: int, compile_: bool = False, backend: str = "torch") -> dict:
     """Classify sentences: ours in length-sorted batches, the reference in file order padded to each
-    batch's longest; outputs compared."""
-    from electra.data.tokenizer import train_tokenizer
-    from electra.finetune.model import FinetuneModel
+    batch's longest; outputs compared. `size` is a size (random weights, a tokenizer trained on the
+    sentences) or a fine-tuned classification directory (its own tokenizer and weights: the rate of the
+    model `electra serve` would serve, on the same tokens)."""
     from electra.finetune.predict import CompiledForInference
 
     texts = _sentences(data)
-    cfg = get_size(size).discriminator
-    tok = train_tokenizer(texts, vocab_size=min(cfg.vocab_size, 8000), min_frequency=1, show_progress=False)
+    cfg, ours, tok = _classifier(size, texts, seq_len)
     encoded = [e.ids[:seq_len] for e in tok.encode_batch(texts)]  # [CLS] ... [SEP]
-    torch.manual_seed(0)
-    ours = FinetuneModel(cfg, "classification", 2).to(device).eval()
+    ours = ours.to(device).eval()
+    n_labels = ours.head.out_proj.out_features
     ref = _hf_classifier(ours).to(device) if compare_hf else None
     if backend == "onnx":  # the same weights, exported and run by ONNX Runtime, as `serve --backend onnx` does
         import tempfile
@@ -300,14 +324,14 @@ def infer(size: str, batch_size: int, seq_len: int, precision: str, device: torc
     outputs: dict[str, torch.Tensor] = {}
 
     def run_ours():
-        logits = torch.empty(len(encoded), 2, device=device)
+        logits = torch.empty(len(encoded), n_labels, device=device)
         with _autocast(precision, device):
             for idx, ids, mask in batches(sorted_order):
                 logits[idx] = run_model(ids, mask).float()
         outputs["electra"] = logits
 
     def run_ref():
-        logits = torch.empty(len(encoded), 2, device=device)
+        logits = torch.empty(len(encoded), n_labels, device=device)
         with _autocast(precision, device):
             for idx, ids, mask in batches(file_order):
                 logits[idx] = ref(input_ids=ids, attention_mask=mask).logits.float()
