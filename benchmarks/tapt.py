@@ -91,6 +91,46 @@ def main() -> None:
         summary[task] = rows
         (args.out / "tapt.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(task, {arm: sum(v) / len(v) for arm, v in rows.items()}, file=sys.stderr)
+    report(summary, args.out)
+
+
+def report(summary: dict, out: Path) -> None:
+    """OUT/tapt.md (mean ± sd, the paired difference, seeds won, paired t-test p) and OUT/tapt.png (each seed's
+    pair of scores joined by a line)."""
+    import statistics
+
+    import matplotlib
+    from scipy import stats
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def sd(xs):
+        return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+    lines = ["| task | seeds | TAPT | no TAPT | TAPT - no TAPT (paired, mean ± sd) | seeds TAPT wins | paired t-test p |",
+             "|---|---|---|---|---|---|---|"]
+    fig, axes = plt.subplots(1, len(summary), figsize=(3.2 * len(summary), 3.2), squeeze=False)
+    for ax, (task, rows) in zip(axes[0], summary.items()):
+        tapt, base = rows["tapt"], rows["base"]
+        diff = [a - b for a, b in zip(tapt, base)]
+        p = f"{stats.ttest_rel(tapt, base).pvalue:.2f}" if len(diff) > 1 else "-"
+        lines.append(f"| {task} | {len(diff)} | {statistics.mean(tapt):.4f} ± {sd(tapt):.4f} | "
+                     f"{statistics.mean(base):.4f} ± {sd(base):.4f} | {statistics.mean(diff):+.4f} ± {sd(diff):.4f} | "
+                     f"{sum(d > 0 for d in diff)}/{len(diff)} | {p} |")
+        for b, a in zip(base, tapt):
+            ax.plot([0, 1], [b, a], "o-", color="tab:blue", alpha=0.6)
+        ax.plot([0, 1], [statistics.mean(base), statistics.mean(tapt)], "s-", color="black", label="mean")
+        ax.set_xticks([0, 1], ["no TAPT", "TAPT"])
+        ax.set_xlim(-0.3, 1.3)
+        ax.set_title(task, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("dev score (accuracy / F1)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "tapt.png", dpi=110)
+    plt.close(fig)
+    (out / "tapt.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
