@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 import os
 import platform
@@ -28,28 +29,32 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory for reuse; True if it did. The user's own MALLOC_* settings win."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
     if any(k.startswith("MALLOC_") for k in os.environ):  # the user tunes glibc: leave it to them
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
+    libc = _glibc()
     # mallopt returns 1 on success
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    return libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def release_freed_memory() -> bool:
     """Hand the free pages glibc keeps back to the OS (malloc_trim); True if it released any. With
-    `keep_freed_memory` a long-running server's heap otherwise only grows: batches of ever-different
-    shapes fragment it (448 -> 691 MB resident in a 10-minute soak, BENCHMARKS.md)."""
+    `keep_freed_memory` a long-running server's heap otherwise grows: batches of ever-different shapes
+    fragment it (10-minute soaks: 448 -> 691 MB without, +22-31 MB with a trim every 10 s; BENCHMARKS.md)."""
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, loaded once (a CDLL and its function pointers are objects: not one more per call)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
+        return None
     try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - a glibc without it is treated as none
+        return libc
     except (OSError, AttributeError):
-        return False
+        return None
 
 
 def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
