@@ -176,21 +176,21 @@ def table(args, results: dict) -> str:
             pairs = [(results.get(f"few-shot/{k}/{s}/prompt"), results.get(f"few-shot/{k}/{s}/classification"))
                      for s in args.seeds]
             pairs = [(p["accuracy"], h["accuracy"]) for p, h in pairs if p and h]
-            if pairs:
-                p, h = [x[0] for x in pairs], [x[1] for x in pairs]
-                d = [a - b for a, b in pairs]  # the same K examples per seed: compare pairwise
-                lines.append(f"| {k} | {len(pairs)} | {statistics.mean(p):.4f} ± {sd(p):.4f} | "
-                             f"{statistics.mean(h):.4f} ± {sd(h):.4f} | {statistics.mean(d):+.4f} ± {sd(d):.4f} | "
-                             f"{sum(x > 0 for x in d)}/{len(d)} | {paired_p(p, h)} |")
+            if pairs:  # the same K examples per seed: compare pairwise
+                lines.append(f"| {k} | {len(pairs)} | " + paired_cells([x[0] for x in pairs], [x[1] for x in pairs]))
     return "\n".join(lines)
 
 
-def paired_p(a: list[float], b: list[float]) -> str:
-    """Two-sided paired t-test (scipy) of a against b, as text ('-' below 3 pairs)."""
-    if len(a) < 3:
-        return "-"
-    from scipy.stats import ttest_rel
-    return f"{ttest_rel(a, b).pvalue:.2f}"
+def paired_cells(a: list[float], b: list[float]) -> str:
+    """Table cells comparing a with b seed by seed: a and b (mean ± sd), a - b (mean ± sd), seeds a wins,
+    and the two-sided paired t-test's p (scipy; '-' below 3 pairs)."""
+    d = [x - y for x, y in zip(a, b)]
+    p = "-"
+    if len(d) >= 3:
+        from scipy.stats import ttest_rel
+        p = f"{ttest_rel(a, b).pvalue:.2f}"
+    return (f"{statistics.mean(a):.4f} ± {sd(a):.4f} | {statistics.mean(b):.4f} ± {sd(b):.4f} | "
+            f"{statistics.mean(d):+.4f} ± {sd(d):.4f} | {sum(x > 0 for x in d)}/{len(d)} | {p} |")
 
 
 def main() -> None:

@@ -100,23 +100,17 @@ def report(summary: dict, out: Path) -> None:
     import statistics
 
     import matplotlib
-    from scipy import stats
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def sd(xs):
-        return statistics.stdev(xs) if len(xs) > 1 else 0.0
+    from robustness import paired_cells
 
     lines = ["| task | seeds | TAPT | no TAPT | TAPT - no TAPT (paired, mean ± sd) | seeds TAPT wins | paired t-test p |",
              "|---|---|---|---|---|---|---|"]
     fig, axes = plt.subplots(1, len(summary), figsize=(3.2 * len(summary), 3.2), squeeze=False)
     for ax, (task, rows) in zip(axes[0], summary.items()):
         tapt, base = rows["tapt"], rows["base"]
-        diff = [a - b for a, b in zip(tapt, base)]
-        p = f"{stats.ttest_rel(tapt, base).pvalue:.2f}" if len(diff) > 1 else "-"
-        lines.append(f"| {task} | {len(diff)} | {statistics.mean(tapt):.4f} ± {sd(tapt):.4f} | "
-                     f"{statistics.mean(base):.4f} ± {sd(base):.4f} | {statistics.mean(diff):+.4f} ± {sd(diff):.4f} | "
-                     f"{sum(d > 0 for d in diff)}/{len(diff)} | {p} |")
+        lines.append(f"| {task} | {len(tapt)} | " + paired_cells(tapt, base))
         for b, a in zip(base, tapt):
             ax.plot([0, 1], [b, a], "o-", color="tab:blue", alpha=0.6)
         ax.plot([0, 1], [statistics.mean(base), statistics.mean(tapt)], "s-", color="black", label="mean")

@@ -242,13 +242,14 @@ def _classifier(model: str, texts: list[str], seq_len: int):
         tok = train_tokenizer(texts, vocab_size=min(cfg.vocab_size, 8000), min_frequency=1, show_progress=False)
         torch.manual_seed(0)
         return cfg, FinetuneModel(cfg, "classification", 2), tok
+    from electra.api import FinetunedModel
     from electra.finetune.load import load_finetuned
 
     if not Path(model).is_dir():
         raise UserError(f"--model {model} is neither a size ({', '.join(SIZES)}) nor a directory; give a size or "
                         "a fine-tuned classification model")
     ft = load_finetuned(model)
-    pairs = len(ft.task.settings.get("columns", {}).get("texts", [])) == 2
+    pairs = FinetunedModel(ft, torch.device("cpu")).text_count == 2
     if ft.task.name != "classification" or pairs:
         raise UserError(f"{model} is a {ft.task.name}{' (pairs)' if pairs else ''} model; `bench infer` times "
                         "single-sentence classification: give a size or such a model")
