@@ -210,6 +210,26 @@ def test_the_model_thread_hands_freed_memory_back_between_batches(model_dir, mon
     assert sizes == [8, 3]
 
 
+def test_the_torch_server_keeps_no_onednn_kernel_per_shape(model_dir, monkeypatch):
+    """oneDNN (PyTorch's CPU GELU) compiles and caches a kernel for each tensor shape, up to 1,024: a server's
+    batches of ever-different lengths filled that cache and grew resident memory all through a soak. The
+    torch server switches it off before serving; PyTorch's own GELU gives the same outputs."""
+    import torch
+    from electra.serve import app
+
+    seen = []
+    monkeypatch.setattr(app, "run_server", lambda a, host, port: seen.append(torch.backends.mkldnn.enabled))
+    before = torch.backends.mkldnn.enabled
+    x = torch.randn(37, 1024)
+    with_onednn = torch.nn.functional.gelu(x)
+    try:
+        assert run(COMMANDS, ["serve", "--model", str(model_dir / "ft"), "--port", str(_free_port())]) == 0
+        assert seen == [False]
+        assert torch.allclose(torch.nn.functional.gelu(x), with_onednn, atol=1e-6)
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
 def test_bench_infer_times_the_served_model_itself(model_dir, capsys):
     """The offline rate `serve` is compared with: the fine-tuned directory's own tokenizer and weights,
     with the Hugging Face reference on the same weights."""

@@ -767,6 +767,13 @@ def serve(*, model: str, host: str = "127.0.0.1", port: int = 8000, max_batch_si
         except OSError as e:
             raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port or --host") from None
     loaded = load_backend(model, backend)
+    if backend == "torch":
+        import torch
+
+        # PyTorch runs GELU on CPU through oneDNN, which compiles and keeps a kernel for every tensor shape
+        # it meets (up to 1,024): a server's batches of ever-different lengths fill that cache and fragment
+        # the heap around it (+22-31 MB in a 10-minute soak; BENCHMARKS.md). PyTorch's own GELU is as fast.
+        torch.backends.mkldnn.enabled = False
     app = create_app(loaded, max_batch_size, max_wait_ms, Limits(max_queue=max_queue))
     print(f"electra: serving {model} ({', '.join(loaded.endpoints)}; {backend}) on http://{host}:{port}/",
           file=sys.stderr, flush=True)

@@ -38,8 +38,8 @@ def keep_freed_memory() -> bool:
 
 def release_freed_memory() -> bool:
     """Hand the free pages glibc keeps back to the OS (malloc_trim); True if it released any. With
-    `keep_freed_memory` a long-running server's heap otherwise grows: batches of ever-different shapes
-    fragment it (10-minute soaks: 448 -> 691 MB without, +22-31 MB with a trim every 10 s; BENCHMARKS.md)."""
+    `keep_freed_memory` a long-running server otherwise keeps the peak of its largest batches for good
+    (a 10-minute soak grew 448 -> 691 MB without trimming; BENCHMARKS.md)."""
     libc = _glibc()
     return libc is not None and bool(libc.malloc_trim(0))
 
