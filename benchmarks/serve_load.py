@@ -57,11 +57,11 @@ def rss_mb(pid: int) -> float:
 class Server:
     """`electra serve` in a subprocess on 127.0.0.1, stopped with SIGTERM."""
 
-    def __init__(self, model: str, backend: str, max_batch_size: int, threads: int | None):
+    def __init__(self, model: str, backend: str, max_batch_size: int, threads: int | None, max_wait_ms: float = 5.0):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "electra", "serve", "--model", model, "--port", str(self.port), "--backend",
-               backend, "--max-batch-size", str(max_batch_size), "--max-queue", "100000"]
+               backend, "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms), "--max-queue", "100000"]
         if threads:
             cmd += ["--threads", str(threads)]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
@@ -164,10 +164,10 @@ def run(coroutine):
 
 
 def point(model: str, backend: str, max_batch_size: int, concurrency: int, seconds: float, texts: list[str],
-          threads: int | None, rate: float | None = None, warmup_s: float = 2.0) -> dict:
+          threads: int | None, rate: float | None = None, warmup_s: float = 2.0, max_wait_ms: float = 5.0) -> dict:
     """A fresh server, a warm-up (4 clients; or, with `rate`, the same load as measured), then the load;
     the server's resident memory is sampled every 10 s."""
-    server = Server(model, backend, max_batch_size, threads)
+    server = Server(model, backend, max_batch_size, threads, max_wait_ms)
     try:
         run(load(server.url, texts, concurrency if rate else min(concurrency, 4), warmup_s, rate))
         before, server_cpu, client_cpu = rss_mb(server.proc.pid), cpu_s(server.proc.pid), time.process_time()
@@ -196,6 +196,13 @@ def point(model: str, backend: str, max_batch_size: int, concurrency: int, secon
     return result
 
 
+def measure(args, texts: list[str], backend: str, batch: int, concurrency: int, seconds: float | None = None,
+            **kw) -> dict:
+    """`point` with the command line's model, threads and --max-wait-ms."""
+    return point(args.model, backend, batch, concurrency, seconds or args.seconds, texts, args.threads,
+                 max_wait_ms=args.max_wait_ms, **kw)
+
+
 def offline_rate(data: Path, model: str, backend: str) -> float:
     """`electra bench infer` on the served model itself (its tokenizer, so the same tokens per sentence)."""
     out = subprocess.run([sys.executable, "-m", "electra", "bench", "infer", "--model", model, "--data", str(data),
@@ -210,6 +217,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="sentences to send (a table, first column)")
     ap.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     ap.add_argument("--max-batch-size", type=int, default=64)
+    ap.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's --max-wait-ms")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--threads", type=int)
@@ -229,8 +237,7 @@ def main() -> None:
     elif args.soak:
         soak(args, texts)
     else:
-        print(json.dumps(point(args.model, args.backend, args.max_batch_size, args.concurrency, args.seconds, texts,
-                               args.threads)))
+        print(json.dumps(measure(args, texts, args.backend, args.max_batch_size, args.concurrency)))
 
 
 def sweep(args, texts: list[str]) -> None:
@@ -244,13 +251,12 @@ def sweep(args, texts: list[str]) -> None:
         for batch in (1, 8, 32, 64):
             for conc in (1, 4, 16, 64):
                 if (backend, batch, conc) not in done:  # finished points are kept: the sweep resumes
-                    results["points"].append(point(args.model, backend, batch, conc, args.seconds, texts, args.threads))
+                    results["points"].append(measure(args, texts, backend, batch, conc))
                     path.write_text(json.dumps(results, indent=1) + "\n")
         # latency at half the peak: 64 clients on a fixed schedule at half the backend's best rate
         best = max((p for p in results["points"] if p["backend"] == backend), key=lambda p: p["requests_per_s"])
         if backend not in results.setdefault("half_load", {}):
-            half = point(args.model, backend, best["max_batch_size"], 64, args.seconds, texts, args.threads,
-                         rate=best["requests_per_s"] / 2)
+            half = measure(args, texts, backend, best["max_batch_size"], 64, rate=best["requests_per_s"] / 2)
             results["half_load"][backend] = {**half, "rate": round(best["requests_per_s"] / 2, 1)}
             path.write_text(json.dumps(results, indent=1) + "\n")
     results["targets"] = targets(results)
@@ -285,13 +291,13 @@ def rounds(args, texts: list[str]) -> None:
     measured = []
     for _ in range(args.targets):
         measured.append({"offline": offline_rate(args.data, args.model, args.backend),
-                         "points": [point(args.model, args.backend, batch, conc, args.seconds, texts, args.threads)
+                         "points": [measure(args, texts, args.backend, batch, conc)
                                     for batch in (1, args.max_batch_size) for conc in (16, 64)]})
-    median_points = [{**first, "sentences_per_s": statistics.median(r["points"][k]["sentences_per_s"] for r in measured)}
+    median_points = [{**first, "sentences_per_s": statistics.median(r["points"][k]["sentences_per_s"]
+                                                                    for r in measured)}
                      for k, first in enumerate(measured[0]["points"])]
     best = max(median_points, key=lambda p: p["sentences_per_s"])
-    half = point(args.model, args.backend, best["max_batch_size"], 64, args.seconds, texts, args.threads,
-                 rate=best["sentences_per_s"] / 2)
+    half = measure(args, texts, args.backend, best["max_batch_size"], 64, rate=best["sentences_per_s"] / 2)
     results = {"offline": {args.backend: statistics.median(r["offline"] for r in measured)},
                "points": median_points, "half_load": {args.backend: half}, "rounds": measured}
     results["targets"] = targets(results)
@@ -302,11 +308,11 @@ def rounds(args, texts: list[str]) -> None:
 
 
 def soak(args, texts: list[str]) -> None:
-    peak = point(args.model, args.backend, args.max_batch_size, 64, 10, texts, args.threads)["requests_per_s"]
+    peak = measure(args, texts, args.backend, args.max_batch_size, 64, 10)["requests_per_s"]
     # memory is counted from after 30 s at the soak's own load: the allocator then holds what batches of
     # that size need (the electra command keeps freed memory for reuse); growth after that is a leak
-    result = point(args.model, args.backend, args.max_batch_size, 64, args.soak, texts, args.threads,
-                   rate=peak * args.rate / 100, warmup_s=30)
+    result = measure(args, texts, args.backend, args.max_batch_size, 64, args.soak, rate=peak * args.rate / 100,
+                     warmup_s=30)
     series = result.get("rss_every_10s_mb") or [result["rss_start_mb"], result["rss_end_mb"]]
     first, last = statistics.median(series[:6]), statistics.median(series[-6:])  # the first and last minutes
     result.update(peak_requests_per_s=peak, target_percent=args.rate, warmup_s=30,
