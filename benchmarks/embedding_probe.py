@@ -45,13 +45,15 @@ def stats(E: torch.Tensor, ids: list[int]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="+", metavar="NAME=DIR", help="exported models (Hugging Face layout), one tokenizer")
+    ap.add_argument("models", nargs="+", metavar="NAME=DIR",
+                    help="exported models (Hugging Face layout) sharing one tokenizer")
     ap.add_argument("--conll", required=True, help="a CoNLL-2003 file: word first, NER tag last")
     args = ap.parse_args()
     named = dict(m.split("=", 1) for m in args.models)
     tokenizer = Tokenizer.from_file(f"{next(iter(named.values()))}/tokenizer.json")
     entity, frequent = pieces(tokenizer, args.conll)
-    print(f"{len(entity)} entity pieces, {len(frequent)} frequent other pieces; mean cos / nearest cos / eff. rank / norm")
+    print(f"{len(entity)} entity pieces, {len(frequent)} frequent other pieces; "
+          "mean cos / nearest cos / eff. rank / norm")
     print("| encoder | entity pieces | frequent pieces |\n|---|---|---|")
     for name, directory in {"random": None, **named}.items():
         if directory is None:
