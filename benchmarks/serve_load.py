@@ -61,7 +61,8 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "electra", "serve", "--model", model, "--port", str(self.port), "--backend",
-               backend, "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms), "--max-queue", "100000"]
+               backend, "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms),
+               "--max-queue", "100000"]
         if threads:
             cmd += ["--threads", str(threads)]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
@@ -303,7 +304,8 @@ def rounds(args, texts: list[str]) -> None:
     results["targets"] = targets(results)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"serve_targets_{args.backend}.json").write_text(json.dumps(results, indent=1) + "\n")
+        wait = "" if args.max_wait_ms == 5 else f"_wait{args.max_wait_ms:g}"  # the server's default: no suffix
+        (args.out / f"serve_targets_{args.backend}{wait}.json").write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results["targets"], indent=1))
 
 
