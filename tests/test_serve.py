@@ -186,9 +186,9 @@ def test_onnx_backend_gives_the_same_predictions(model_dir, tmp_path):
 
 
 def test_the_model_thread_hands_freed_memory_back_between_batches(model_dir, monkeypatch):
-    """The electra command keeps freed memory for speed; a server would grow with it (a 10-minute soak:
-    +54% resident), so between batches, at most every TRIM_EVERY_S, it goes back to the OS, failed
-    batches included; and the ONNX backend runs a batch in length-sorted pieces of 8."""
+    """The electra command keeps freed memory for speed; a server would grow with it (a 10-minute soak
+    with oneDNN still on: +54% resident), so between batches, at most every TRIM_EVERY_S, it goes back to
+    the OS, failed batches included; and the ONNX backend runs a batch in length-sorted pieces of 8."""
     from electra.api import load
     from electra.serve import backends
 
