@@ -100,6 +100,42 @@ def test_first_token_only_equals_full_output(special, skip_padding, unpad_calls)
     assert_same_grads(first_grads, full_grads)
 
 
+@pytest.mark.parametrize("in_length_order", [False, True])
+def test_attention_in_length_groups_equals_the_padded_encoder(special, in_length_order, monkeypatch):
+    """In inference on CPUs a batch of many lengths runs attention in groups of similar length, each
+    padded to its own longest (a server's batches): outputs and gradients equal the padded encoder's,
+    whether the batch came in length order (the Python API sorts it) or not."""
+    from electra.model.cpu import GroupedUnpadded
+    from electra.model.encoder import Encoder
+
+    grouped = []
+    of_lengths = GroupedUnpadded.of_lengths
+    monkeypatch.setattr(GroupedUnpadded, "of_lengths",
+                        lambda u, n: grouped.append(type(of := of_lengths(u, n)) is GroupedUnpadded) or of)
+    torch.manual_seed(0)
+    plain = Encoder(tiny_config(120).discriminator).eval()
+    perturb(plain)
+    fast = use_cpu_kernels(Encoder(tiny_config(120).discriminator).eval())
+    fast.load_state_dict(plain.state_dict())
+    lengths = torch.randint(2, 25, (40,)).tolist()
+    if in_length_order:
+        lengths.sort()
+    ids, mask, types = random_batch(120, special, B=40, T=max(lengths), pad_lengths=lengths)
+    real = mask.bool()
+    for kw in ({"padding_unread": True}, {"first_token_only": True}):
+        outputs = []
+        for encoder in (plain, fast):
+            encoder.zero_grad()
+            out = encoder(ids, mask, types, **kw)
+            out = out[real] if "padding_unread" in kw else out[:, 0]
+            (out ** 2).sum().backward()
+            outputs.append((out.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters()
+                                           if p.grad is not None}))
+        torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-5, atol=1e-5)
+        assert_same_grads(outputs[1][1], outputs[0][1])
+    assert grouped == [True, True]
+
+
 def test_ner_training_skips_padding_with_the_same_loss_and_gradients(special, unpad_calls):
     """The NER loss ignores padding, so CPU training runs the layers on real tokens only; the loss and
     every gradient must equal the padded encoder's. Evaluation keeps the padded path (HF parity)."""

@@ -326,3 +326,36 @@ def test_mixed_endpoints_batch_by_kind_without_cutting_batches_short():
     answers = asyncio.run(scenario())
     assert answers == [["detect0"], ["embed1"], ["detect2"], ["embed3"], ["detect4"]]
     assert batches == [("detect", ["detect0", "detect2", "detect4"]), ("embed", ["embed1", "embed3"])]
+
+
+def test_requests_that_queued_during_a_batch_wait_for_the_clients_it_answered():
+    """A request that queued while a batch ran is not sent alone the moment the model is free: the
+    window opens then, so a client the batch just answered can send again and join it (64 closed-loop
+    clients otherwise split into a full batch and a batch of one, again and again)."""
+    import asyncio
+
+    from electra.serve.batcher import Batcher
+
+    batches = []
+
+    def run(endpoint, inputs, options):
+        batches.append(list(inputs))
+        if inputs == ["a"]:
+            time.sleep(0.5)  # "b" queues meanwhile; its own window is long over when "a" ends
+        return inputs
+
+    async def scenario():
+        batcher = Batcher(run, max_batch_size=8, max_wait_ms=100)
+        batcher.start()
+        a = asyncio.ensure_future(batcher.submit("predict", ["a"], {}))
+        while not batches:  # "a" runs alone
+            await asyncio.sleep(0.01)
+        b = asyncio.ensure_future(batcher.submit("predict", ["b"], {}))
+        await asyncio.wait_for(a, 30)
+        c = asyncio.ensure_future(batcher.submit("predict", ["c"], {}))  # "a"'s client sends again at once
+        answers = await asyncio.wait_for(asyncio.gather(b, c), 30)
+        await batcher.stop()
+        return answers
+
+    assert asyncio.run(scenario()) == [["b"], ["c"]]
+    assert batches == [["a"], ["b", "c"]]

@@ -747,10 +747,11 @@ def serve(*, model: str, host: str = "127.0.0.1", port: int = 8000, max_batch_si
         host: the address to listen on (127.0.0.1: this machine only)
         port: the TCP port
         max_batch_size: most inputs the model runs at once
-        max_wait_ms: how long the first request of a batch waits for others (many concurrent clients: 20
-            fills batches better, 20% more sentences/s at 64 clients on 2 cores; BENCHMARKS.md)
+        max_wait_ms: how long a batch waits for more requests after its first one (after the model is free,
+            for requests that queued while it ran); longer fills batches better under many clients
+            and makes a lone request wait that much longer
         max_queue: most inputs waiting; beyond, requests get 503
-        backend: torch (the most sentences/s under load), or onnx (ONNX Runtime: on 2 CPU cores 2.5-3x
+        backend: torch (the most sentences/s under load), or onnx (ONNX Runtime: on 2 CPU cores 2-2.7x
             faster one request at a time, slower with batching; a model that is no ONNX export is
             exported to MODEL-onnx/ first)
     """

@@ -11,11 +11,14 @@ on which CPU: BENCHMARKS.md.
   Mersenne Twister draw per element (drawing masks was 12% of a `small` CPU step);
 - attention forward and backward by hand with that dropout (CPU SDPA with dropout leaves its fused
   kernel for a math path that copies q, k and v several times);
-- skipping padding outside attention when no padding output is read (MosaicBERT's unpadding);
+- skipping padding outside attention when no padding output is read (MosaicBERT's unpadding), and in
+  inference attention in groups of similar length (a server's batches of random lengths);
 - the generator's vocabulary projection computed a block of columns at a time (cache-sized weight slices).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -162,7 +165,66 @@ class CpuEncoder(Encoder):
                   padding_read: bool) -> Unpadded | None:
         if padding_read or mask is None or not use_cpu_path(x) or not bool(attention_mask[:, 0].all()):
             return None
-        return Unpadded.of(attention_mask)
+        unpadded = Unpadded.of(attention_mask)
+        if self.training or torch.jit.is_tracing():  # an exported graph must not keep one batch's groups
+            return unpadded
+        return GroupedUnpadded.of_lengths(unpadded, attention_mask.sum(1))
+
+
+@dataclass
+class GroupedUnpadded(Unpadded):
+    """Unpadded whose attention runs on groups of sequences of similar length, each group padded to its
+    own longest: a batch of sentences of random lengths (a server's) pads attention to its longest
+    sentence, 2-4x the keys most rows need. Groups of `ROWS` rows in length order; taken only where
+    they cut the padded attention's work (rows x length^2) to `WORTH` or less, and in inference only.
+
+    groups: per group, the rows of the (N, 3C) layout that fill its (rows, length) layout (a copy of
+    the last real token at the padding, as `pad_for_attention`), its key mask (None: no padding), and
+    the flat positions of its real tokens; restore / restore_first put the groups' outputs, which come
+    in length order, back in batch order (None: the batch was in length order already)."""
+
+    groups: list = field(default_factory=list)  # (source (rows * length,), mask, keep (tokens,), rows, length)
+    restore: torch.Tensor | None = None
+    restore_first: torch.Tensor | None = None
+
+    ROWS = 16
+    WORTH = 0.7
+
+    @classmethod
+    def of_lengths(cls, unpadded: Unpadded, lengths: torch.Tensor) -> Unpadded:
+        """The grouped layout of `unpadded`, or `unpadded` itself where grouping would not pay."""
+        n = lengths.tolist()
+        order = sorted(range(len(n)), key=n.__getitem__)
+        rows = [order[i:i + cls.ROWS] for i in range(0, len(order), cls.ROWS)]
+        if len(rows) < 2 or sum(len(r) * max(n[b] for b in r) ** 2 for r in rows) > cls.WORTH * len(n) * max(n) ** 2:
+            return unpadded
+        starts = unpadded.first
+        groups = []
+        for r in rows:
+            index = torch.tensor(r)
+            length, span = lengths[index], max(n[b] for b in r)
+            t = torch.arange(span)
+            source = (starts[index][:, None] + torch.minimum(t, length[:, None] - 1)).flatten()
+            real = t < length[:, None]  # (rows, span)
+            mask = None if bool(real.all()) else real[:, None, None, :]
+            groups.append((source, mask, real.flatten().nonzero().squeeze(1), len(r), span))
+        restore = restore_first = None
+        if order != sorted(order):
+            in_order = torch.tensor(order)
+            restore_first = in_order.argsort()  # row b's place among the groups' rows
+            placed = lengths[in_order].cumsum(0) - lengths[in_order]  # where each row's tokens start there
+            within = torch.arange(len(unpadded.index)) - starts.repeat_interleave(lengths)
+            restore = placed[restore_first].repeat_interleave(lengths) + within
+        return cls(**vars(unpadded), groups=groups, restore=restore, restore_first=restore_first)
+
+    def attention(self, qkv: torch.Tensor, attend, mask: torch.Tensor | None, n_query: int | None) -> torch.Tensor:
+        outputs = []
+        for source, group_mask, keep, rows, span in self.groups:
+            y = attend(qkv.index_select(0, source).view(rows, span, -1), group_mask, n_query or span)
+            outputs.append(y.reshape(rows, -1) if n_query else y.flatten(0, 1).index_select(0, keep))
+        y = torch.cat(outputs)  # (N, C) or (B, C), in length order
+        restore = self.restore_first if n_query else self.restore
+        return y if restore is None else y.index_select(0, restore)
 
 
 # --- the generator's vocabulary projection ------------------------------------------------------------

@@ -83,6 +83,12 @@ class Unpadded:
         gather instead of zero-filling and scattering (which was 12% of a `small` inference batch)."""
         return x.index_select(0, self.source).view(self.batch, self.length, -1)
 
+    def attention(self, qkv: torch.Tensor, attend, mask: torch.Tensor | None, n_query: int | None) -> torch.Tensor:
+        """attend(qkv (B, T, 3C), mask, Q) -> (B, Q, C) run on the padded layout: (N, 3C) -> (N, C), or
+        (B, C) for n_query = 1 (the [CLS] rows)."""
+        y = attend(self.pad_for_attention(qkv), mask, n_query or self.length)
+        return self.unpad(y) if n_query is None else y.reshape(self.batch, -1)
+
 
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -99,13 +105,8 @@ class SelfAttention(nn.Module):
         n_query = 1."""
         qkv = self.qkv(x)  # (B, T, 3C), or (N, 3C)
         if unpadded is not None:
-            qkv = unpadded.pad_for_attention(qkv)
-        B, T, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
-        Q = n_query or T
-        y = self.attend(qkv, mask, Q)  # (B, Q, C)
-        if unpadded is not None:
-            y = unpadded.unpad(y) if Q == T else y.reshape(B, C)  # n_query = 1: [CLS] rows
-        return self.out(y)
+            return self.out(unpadded.attention(qkv, self.attend, mask, n_query))
+        return self.out(self.attend(qkv, mask, n_query or qkv.shape[1]))  # (B, Q, C)
 
     def attend(self, qkv: torch.Tensor, mask: torch.Tensor | None, n_query: int) -> torch.Tensor:
         """Scaled dot-product attention of the first n_query positions: (B, T, 3C) -> (B, Q, C)."""

@@ -1,10 +1,12 @@
 """Dynamic batching (text-embeddings-inference's batcher): requests wait in a bounded queue; one model
 thread takes up to `max_batch_size` inputs of one endpoint and options, or what arrived within
-`max_wait_ms` of the first, runs them as one batch, and hands each request its results. Requests of
-another kind that arrive meanwhile keep their place for the next batch, without cutting this one short. The event loop never runs the
-model, so /health answers while a batch computes. A full queue is refused (QueueFull), never grown; an
-exception in a batch fails that batch's requests only. Stopping answers every request still waiting
-(Stopping), so no client and no shutdown ever waits for a batch that will not run."""
+`max_wait_ms` of the first (of the model becoming free, for requests that queued while a batch ran: the
+clients that batch just answered may send again in time to join), runs them as one batch, and hands
+each request its results. Requests of another kind that arrive meanwhile keep their place for the next
+batch, without cutting this one short. The event loop never runs the model, so /health answers while a
+batch computes. A full queue is refused (QueueFull), never grown; an exception in a batch fails that
+batch's requests only. Stopping answers every request still waiting (Stopping), so no client and no
+shutdown ever waits for a batch that will not run."""
 
 from __future__ import annotations
 
@@ -79,12 +81,13 @@ class Batcher:
 
     async def _loop(self) -> None:
         taken: deque[Job] = deque()  # out of the queue, not yet run: arrival order, any endpoint and options
+        free_since = 0.0  # when the last batch's answers went out
         while True:
             if not taken:
                 taken.append(await self.jobs.get())
             first = taken[0]
             key = (first.endpoint, first.options)
-            deadline = first.enqueued + self.max_wait
+            deadline = max(first.enqueued, free_since) + self.max_wait
             of_key = sum(len(j.inputs) for j in taken if (j.endpoint, j.options) == key)
             while of_key < self.max_batch_size:
                 timeout = deadline - time.perf_counter()
@@ -106,6 +109,8 @@ class Batcher:
             taken = rest
             self.waiting -= size
             await self._run(batch, size)
+            await asyncio.sleep(0)  # the answered requests' handlers write their responses first
+            free_since = time.perf_counter()
 
     async def _run(self, batch: list[Job], size: int) -> None:
         inputs = [x for job in batch for x in job.inputs]
