@@ -81,6 +81,25 @@ def test_generator_attack_replaces_the_important_word_in_budget(pretrained):
     assert tight.changed == []
 
 
+def test_generator_attack_neither_replaces_nor_puts_in_stop_words(pretrained, monkeypatch):
+    """As BAE: a small generator proposes "the", "in", "and" for any mask, which would delete a word's
+    meaning rather than substitute for it; those are never put in, and stop words are never replaced."""
+    import electra.inference
+
+    proposed = [{"token": t} for t in ("the", "in", "dog", "And")]
+    monkeypatch.setattr(electra.inference, "fill_mask", lambda gen, texts, top_k: [{"masks": [{"candidates": proposed}]}])
+    gen = load_pretrained(pretrained)
+    outcome = generator_attack("the cat sat on the mat", "a", StubModel(), gen, max_queries=40, max_change=0.5)
+    assert outcome.changed == [["cat", "dog"]]
+
+    class NeedsThe(StubModel):
+        def __call__(self, texts):
+            self.count += len(texts)
+            return [{"a": 0.9, "b": 0.1} if "the" in t.split() else {"a": 0.2, "b": 0.8} for t in texts]
+
+    assert generator_attack("the cat sat on a mat", "a", NeedsThe(), gen, max_queries=40, max_change=0.5).changed == []
+
+
 @pytest.fixture(scope="module")
 def classifier(pretrained, tmp_path_factory):
     root = tmp_path_factory.mktemp("attack")

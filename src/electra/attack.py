@@ -6,7 +6,9 @@ Attacks (the last text of a pair is attacked, as TextFooler attacks the hypothes
 - generator: an ELECTRA generator proposes in-context substitutes for the most important words
   (importance: how much deleting the word lowers the gold label's probability), taken greedily until
   the prediction flips, within a budget of queries and of words changed (BAE / BERT-Attack style,
-  with our own generator).
+  with our own generator). As in BAE, stop words are neither replaced nor put in: a small generator
+  proposes "the", "in", "and" (or 的, 年) for almost every mask, which deletes a word's meaning rather
+  than substituting for it (BENCHMARKS.md).
 
 Only examples the model classifies correctly are attacked (the success rate's denominator); the metric
 under attack scores every example (the unattacked keep their text). With a discriminator (`detect`),
@@ -33,6 +35,18 @@ def split_words(text: str) -> tuple[list[str], str]:
     if " " not in text.strip() and _CJK.search(text):
         return list(text), ""
     return text.split(), " "
+
+
+def stop_words(chinese: bool) -> frozenset[str]:
+    """The stop words an attack leaves alone and never puts in: scikit-learn's English list (318 words),
+    or for Chinese, whose words here are characters, stopwords-iso's (794 words and characters)."""
+    if not chinese:
+        from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+        return ENGLISH_STOP_WORDS
+    import stopwordsiso
+
+    return frozenset(stopwordsiso.stopwords("zh"))
 
 
 def _neighbours() -> dict[str, str]:
@@ -166,11 +180,12 @@ def generator_attack(text: str, gold: str, query: Query, gen, max_queries: int, 
     budget = max(1, int(round(max_change * len(words))))
     changed: list = []
     current, current_p = list(words), base
+    stop = stop_words(chinese=not sep)
     for i in order:
         if len(changed) >= budget or query.count - start >= max_queries:
             break
         original = words[i]
-        if not any(ch.isalnum() for ch in original):
+        if not any(ch.isalnum() for ch in original) or original.lower() in stop:
             continue
         masked = sep.join(current[:i] + [gen.tokenizer.id_to_token(gen.special.mask)] + current[i + 1:])
         try:
@@ -179,7 +194,8 @@ def generator_attack(text: str, gold: str, query: Query, gen, max_queries: int, 
             continue  # the mask fell beyond the model's positions
         options = [c["token"] for c in cands if not c["token"].startswith("##") and c["token"] != original
                    and c["token"].lower() != original.lower() and any(ch.isalnum() for ch in c["token"])
-                   and not (c["token"].startswith("[") and c["token"].endswith("]"))]
+                   and not (c["token"].startswith("[") and c["token"].endswith("]"))
+                   and c["token"].lower() not in stop]
         options = options[:max(0, max_queries - (query.count - start))]
         if not options:
             continue
