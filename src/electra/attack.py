@@ -18,6 +18,7 @@ telling them apart is reported.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ def split_words(text: str) -> tuple[list[str], str]:
     return text.split(), " "
 
 
+@functools.cache
 def stop_words(chinese: bool) -> frozenset[str]:
     """The stop words an attack leaves alone and never puts in: scikit-learn's English list (318 words),
     or for Chinese, whose words here are characters, stopwords-iso's (794 words and characters)."""
