@@ -298,6 +298,29 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "demo" / "run" / "curves.png").is_file()
 
 
+def test_frequency_matched_replacements_hide_rarity_from_the_discriminator(prepared):
+    """A 'discriminator' that only knows how rare each piece is finds uniform replacements (mostly rare
+    pieces) but not replacements drawn as often as pieces occur: the second AUC measures the context."""
+    from electra.evaluation import replaced_token_auc, token_frequencies
+
+    data = PretrainingData(prepared / "data")
+    freq = token_frequencies(data)
+    assert freq.shape == (data.manifest["vocab_size"],) and abs(freq.sum() - 1) < 1e-9 and (freq[:5] == 0).all()
+    ids = data.batch(np.arange(len(data))).input_ids.numpy().ravel()
+    top = int(np.bincount(ids[ids >= 5]).argmax())
+    assert freq.argmax() == top
+
+    class Rarity(torch.nn.Module):
+        config = type("Config", (), {"vocab_size": len(freq)})
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return -torch.log(torch.from_numpy(freq).float().clamp_min(1e-9))[input_ids]
+
+    uniform = replaced_token_auc(Rarity(), data, n_examples=64)["auc"]
+    matched = replaced_token_auc(Rarity(), data, n_examples=64, frequencies=freq)["auc"]
+    assert uniform > 0.8 and abs(matched - 0.5) < 0.1, (uniform, matched)
+
+
 def test_fill_mask_candidates_that_change_with_context_are_shown():
     from electra.demo import shows_context
 

@@ -250,8 +250,9 @@ def demo(*, out: Path = Path("demo-run"), model: str = "demo", steps: int | None
     """Pretrain a tiny ELECTRA on the bundled English Wikipedia sample and show it working.
 
     Trains a tokenizer, prepares examples, pretrains for a few minutes on 2 CPU cores, exports the
-    model in Hugging Face format, then shows the discriminator spotting swapped words and the
-    generator filling masks.
+    model in Hugging Face format, then shows the discriminator spotting swapped words, how well it
+    tells replaced tokens in held-out text (uniformly random ones, and ones as frequent as the
+    originals), and the generator filling masks once its candidates change with the context.
 
     Args:
         out: directory for everything the demo makes (replaced if it holds an earlier demo)

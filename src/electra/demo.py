@@ -55,7 +55,7 @@ def run_demo(out: Path, steps: int | None, batch_size: int | None, lr: float | N
     from electra.data.dataset import PretrainingData
     from electra.data.prepare import prepare
     from electra.data.tokenizer import save_tokenizer, train_tokenizer
-    from electra.evaluation import replaced_token_auc
+    from electra.evaluation import replaced_token_auc, token_frequencies
     from electra.inference import detect, fill_mask
     from electra.pretrained import export_hf, load_pretrained
     from electra.train.pretrain import pretrain
@@ -101,9 +101,16 @@ def run_demo(out: Path, steps: int | None, batch_size: int | None, lr: float | N
             ranks.append(rank)
             print(f"      swapped in: '{word}': p(replaced) {gaps[-1][0]:.2f}, the other words "
                   f"{gaps[-1][1]:.2f} on average; most suspicious #{rank} of {len(probs)}\n")
-    auc = replaced_token_auc(pre.discriminator, PretrainingData(out / "data", "validation"), n_examples=200)
+    held_out = PretrainingData(out / "data", "validation")
+    auc = replaced_token_auc(pre.discriminator, held_out, n_examples=200)
+    frequent = replaced_token_auc(pre.discriminator, held_out, n_examples=200,
+                                  frequencies=token_frequencies(PretrainingData(out / "data")))
+    learned = ("which pieces are rare far more than which fit their context" if frequent["auc"] < 0.6 else
+               "which pieces are rare, and also which fit their context")
     print(f"On held-out text with 15% of tokens replaced at random, the discriminator separates replaced from "
-          f"original tokens with ROC AUC {auc['auc']:.3f} (0.5 = chance).\n")
+          f"original tokens\nwith ROC AUC {auc['auc']:.3f} when the replacements are drawn uniformly from the "
+          f"vocabulary (mostly rare pieces),\nand {frequent['auc']:.3f} when they are drawn as often as they occur "
+          f"in the text (0.5 = chance): it has learned\n{learned}.\n")
     filled = [r["masks"][0]["candidates"] for r in fill_mask(pre, FILL_MASK, top_k=5)]
     if not shows_context(filled):
         common = ", ".join(c["token"] for c in filled[0])
@@ -119,7 +126,7 @@ def run_demo(out: Path, steps: int | None, batch_size: int | None, lr: float | N
     print(f"Hugging Face export: {out / 'export'}/discriminator and /generator "
           "(ElectraForPreTraining / ElectraForMaskedLM)")
     print(f"Try: electra detect --model {run} \"your sentence with one odd carrot\"")
-    return {"auc": auc["auc"], "gaps": gaps, "ranks": ranks, "fill_mask_shown": shows_context(filled)}
+    return {"auc": auc["auc"], "auc_frequent": frequent["auc"], "gaps": gaps, "ranks": ranks, "fill_mask_shown": shows_context(filled)}
 
 
 def shows_context(candidates: list[list[dict]], overlap: float = 0.6, confident: float = 0.02) -> bool:

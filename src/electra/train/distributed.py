@@ -129,6 +129,9 @@ def joined():
     world = join()
     try:
         yield world
+        # no process hangs up while another still works (rank 0 writing its plots): gloo aborts a process
+        # (SIGABRT, "Connection reset by peer") whose peer closed the connection under it
+        world.barrier()
     finally:
         leave(world)
 
