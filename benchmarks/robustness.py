@@ -47,6 +47,15 @@ def seconds_per_step(run: Path) -> float:
     return (b["elapsed_s"] - a["elapsed_s"]) / (b["step"] - a["step"])
 
 
+def attack_name(args) -> str:
+    """Where a generator's attack results are kept: "attack" for the fine-tuned model's own generator,
+    "attack-NAME" for --generator (NAME from its path), so one set of models is attacked by several."""
+    if not args.generator:
+        return "attack"
+    parts = [p for p in Path(args.generator).parts if p not in ("export", "generator")]
+    return "attack-" + "-".join(parts[-2:])
+
+
 def adversarial(args, results: dict, save) -> None:
     """Plain fine-tuning and each method at each epsilon, per seed; then the attacks on each result."""
     train = capped(args.train, args.max_train, args.out / f"train-{args.max_train}.tsv")
@@ -64,22 +73,26 @@ def adversarial(args, results: dict, save) -> None:
                 r["seconds_per_step"] = round(seconds_per_step(run), 4)
                 results[key] = {"finetune": r}
                 save()
-            if "attack" not in results[key]:
-                results[key]["attack"] = electra("attack", "--model", run, "--data", args.dev, "--out", run / "attack",
-                                                 "--overwrite", "--limit", args.attack_limit, "--detect", args.model,
-                                                 "--max-queries", args.max_queries)
+            name = attack_name(args)
+            if name not in results[key]:
+                generator = ["--generator", args.generator] if args.generator else []
+                results[key][name] = electra("attack", "--model", run, "--data", args.dev, "--out", run / name,
+                                             "--overwrite", "--limit", args.attack_limit, "--detect", args.model,
+                                             "--max-queries", args.max_queries, *generator)
                 save()
-            a = results[key]["attack"]
+            a = results[key][name]
             print(f"{method} {eps or ''} seed {seed}: clean {results[key]['finetune']['accuracy']:.4f}, "
                   f"generator attack {a['generator']['metrics']['accuracy']:.4f}", file=sys.stderr)
 
 
-def adversarial_rows(results: dict) -> list[dict]:
+def adversarial_rows(results: dict, name: str = "attack") -> list[dict]:
     """Per (method, epsilon), over seeds: clean dev accuracy, accuracy under each attack (first
-    --attack-limit dev examples), what the generator attack takes away, AUCs, seconds per step."""
+    --attack-limit dev examples; `name`: which generator's), what the generator attack takes away, AUCs,
+    seconds per step."""
     groups: dict[tuple, list[dict]] = {}
     for key, r in results.items():
-        if key.startswith("adversarial/") and "attack" in r and key.count("/") == 3:
+        if key.startswith("adversarial/") and name in r and key.count("/") == 3:
+            r = {**r, "attack": r[name]}
             _, method, eps, _seed = key.split("/")
             groups.setdefault((method, eps), []).append(r)
     rows = []
@@ -163,10 +176,12 @@ def few_shot(args, results: dict, save) -> None:
 
 def table(args, results: dict) -> str:
     lines = []
-    rows = adversarial_rows(results)
+    rows = adversarial_rows(results, attack_name(args))
     if rows:
+        if args.generator:
+            lines += [f"Generator attack with the generator of {args.generator}.", ""]
         lines += adversarial_table(rows)
-        adversarial_plot(rows, args.out / "adversarial.png")
+        adversarial_plot(rows, args.out / f"adversarial{attack_name(args)[6:]}.png")
     if "zero-shot" in results:
         z = results["zero-shot"]
         lines += ["", f"zero-shot accuracy {z['accuracy']:.4f} (majority class {z['majority_accuracy']:.4f})", "",
@@ -209,6 +224,8 @@ def main() -> None:
     ap.add_argument("--adv-flags", nargs="*", default=[], help="e.g. --adv-steps 2 (after --)")
     ap.add_argument("--attack-limit", type=int, default=300)
     ap.add_argument("--max-queries", type=int, default=100)
+    ap.add_argument("--generator", help="adversarial: the generator attack's generator (default: the one of the "
+                    "model fine-tuned from); each generator's results are kept apart")
     ap.add_argument("--template")
     ap.add_argument("--verbalizer")
     ap.add_argument("--shots", type=int, nargs="+", default=[16, 32, 64])
@@ -230,7 +247,8 @@ def main() -> None:
             raise SystemExit("few-shot needs --template and --verbalizer")
         few_shot(args, results, save)
     text = table(args, results)
-    (args.out / f"{args.what}.md").write_text(text + "\n")
+    suffix = attack_name(args)[6:] if args.what == "adversarial" else ""
+    (args.out / f"{args.what}{suffix}.md").write_text(text + "\n")
     print(text)
 
 

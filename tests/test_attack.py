@@ -100,6 +100,31 @@ def test_generator_attack_neither_replaces_nor_puts_in_stop_words(pretrained, mo
     assert generator_attack("the cat sat on a mat", "a", NeedsThe(), gen, max_queries=40, max_change=0.5).changed == []
 
 
+def test_chinese_text_with_spaces_is_attacked_a_character_at_a_time(pretrained, monkeypatch):
+    """A space in a Chinese review must not make its clauses the 'words' (the generator then put one
+    character in for a whole clause): characters are the words, spaces are kept and never edited."""
+    import electra.inference
+
+    text = "房间很贵 服务也好，LED屏 不错"
+    words, sep = split_words(text)
+    assert sep.join(words) == text and "LED" in words and all(len(w) == 1 for w in words if w not in ("LED", " "))
+    for seed in range(30):
+        new, changed = perturb_words(text, 0.5, random.Random(seed))
+        assert new.count(" ") == 2 and all(" " not in old.replace(" ", "", 1) for old, _ in changed)
+        new, changed = perturb_typos(text, 0.5, random.Random(seed))
+        assert new.count(" ") == 2 and all(len(old) <= 2 for old, _ in changed)
+
+    class NeedsDear(StubModel):
+        def __call__(self, texts):
+            self.count += len(texts)
+            return [{"a": 0.9, "b": 0.1} if "贵" in t else {"a": 0.2, "b": 0.8} for t in texts]
+
+    proposed = [{"token": t} for t in ("的", "旧")]  # a stop word, never put in, and a substitute
+    monkeypatch.setattr(electra.inference, "fill_mask", lambda gen, texts, top_k: [{"masks": [{"candidates": proposed}]}])
+    outcome = generator_attack(text, "a", NeedsDear(), load_pretrained(pretrained), max_queries=60, max_change=0.3)
+    assert outcome.changed == [["贵", "旧"]] and outcome.text == text.replace("贵", "旧")
+
+
 @pytest.fixture(scope="module")
 def classifier(pretrained, tmp_path_factory):
     root = tmp_path_factory.mktemp("attack")

@@ -29,12 +29,17 @@ from electra.errors import UserError
 
 KEYBOARD = ["qwertyuiop", "asdfghjkl", "zxcvbnm"]
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_WIDE = "\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef"  # CJK characters, punctuation and full-width forms
+_CJK_UNITS = re.compile(rf"[{_WIDE}]|\s+|[^\s{_WIDE}]+")
 
 
 def split_words(text: str) -> tuple[list[str], str]:
-    """Words and the separator that joins them: characters for Chinese text without spaces."""
-    if " " not in text.strip() and _CJK.search(text):
-        return list(text), ""
+    """Words and the separator that joins them. Chinese text (any CJK character) has no spaces between
+    words: each character (and full-width punctuation mark) is a word, and so is each run of other
+    characters ("LED", "2007") and of spaces, joined by "" back into the very text (spaces are never
+    edited)."""
+    if _CJK.search(text):
+        return _CJK_UNITS.findall(text), ""
     return text.split(), " "
 
 
@@ -104,12 +109,12 @@ def _character_typos(chars: list[str], rate: float, rng: random.Random) -> tuple
         c = chars[i]
         if _CJK.match(c) and rng.random() < rate:
             op = rng.choice(["swap", "delete", "repeat"])
-            if op == "swap" and i + 1 < len(chars):
+            if op == "swap" and i + 1 < len(chars) and _CJK.match(chars[i + 1]):
                 out += [chars[i + 1], c]
                 changed.append([c + chars[i + 1], chars[i + 1] + c])
                 i += 2
                 continue
-            if op == "delete" and (out or i + 1 < len(chars)):  # never the whole text
+            if op == "delete" and any(not w.isspace() for w in out + chars[i + 1:]):  # never the whole text
                 changed.append([c, ""])
                 i += 1
                 continue
@@ -124,9 +129,13 @@ def perturb_words(text: str, rate: float, rng: random.Random) -> tuple[str, list
     words, sep = split_words(text)
     out, changed, i = [], [], 0
     while i < len(words):
+        if words[i].isspace():  # Chinese text's spaces are kept as they are
+            out.append(words[i])
+            i += 1
+            continue
         if rng.random() < rate and len(words) > 1:
-            can_swap = i + 1 < len(words)
-            can_drop = bool(out) or can_swap  # never every word: an empty text cannot be scored
+            can_swap = i + 1 < len(words) and not words[i + 1].isspace()
+            can_drop = any(not w.isspace() for w in out) or can_swap  # never every word: an empty text cannot be scored
             if can_drop and (rng.random() < 0.5 or not can_swap):
                 changed.append([words[i], ""])  # dropped
                 i += 1
@@ -177,9 +186,10 @@ def generator_attack(text: str, gold: str, query: Query, gen, max_queries: int, 
     if len(words) < 2:
         return Outcome(text, [], 0)
     base = query([text])[0][gold]
-    dropped = query([sep.join(words[:i] + words[i + 1:]) for i in range(len(words))])
-    order = np.argsort([d[gold] - base for d in dropped])  # the largest drop first
-    budget = max(1, int(round(max_change * len(words))))
+    units = [i for i, w in enumerate(words) if not w.isspace()]  # Chinese text's spaces are no words
+    dropped = query([sep.join(words[:i] + words[i + 1:]) for i in units])
+    order = [units[j] for j in np.argsort([d[gold] - base for d in dropped])]  # the largest drop first
+    budget = max(1, int(round(max_change * len(units))))
     changed: list = []
     current, current_p = list(words), base
     stop = stop_words(chinese=not sep)

@@ -454,15 +454,16 @@ def attack(*, model: str, data: Path, out: Path, methods: list[str] | None = Non
     """Attack a fine-tuned classifier and report how robust it is; optionally, how well a discriminator
     spots the attacked inputs.
 
-    typos: character swaps, deletions, insertions and keyboard neighbours at --rate per word (Chinese without
-    spaces: swaps with the next character, deletions and repeats at --rate per character); words: word
-    drops and swaps at --rate (never every word); generator: an ELECTRA generator proposes in-context
-    substitutes for the most important words, replaced greedily until the prediction flips, within
-    --max-queries and --max-change (BAE / BERT-Attack style; as in BAE, stop words are neither replaced
-    nor put in). The last text of a pair is attacked. Reports the clean metric, the metric under each
-    attack, the attack success rate (of the examples classified correctly), words changed per success
-    and queries per example; writes OUT/<method>.jsonl (each example clean and attacked, readable) and
-    OUT/report.json; the last line of standard output is that report as one JSON object.
+    typos: character swaps, deletions, insertions and keyboard neighbours at --rate per word (Chinese:
+    swaps with the next character, deletions and repeats at --rate per character); words: word drops and
+    swaps at --rate (never every word; in Chinese text each character is a word, spaces stay);
+    generator: an ELECTRA generator proposes in-context substitutes for the most important words,
+    replaced greedily until the prediction flips, within --max-queries and --max-change (BAE /
+    BERT-Attack style; as in BAE, stop words are neither replaced nor put in). The last text of a pair
+    is attacked. Reports the clean metric, the metric under each attack, the attack success rate (of
+    the examples classified correctly), words changed per success and queries per example; writes
+    OUT/<method>.jsonl (each example clean and attacked, readable) and OUT/report.json; the last line
+    of standard output is that report as one JSON object.
 
     Args:
         model: a fine-tuned classification (or prompt) model
