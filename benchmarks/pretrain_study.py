@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 MLM = ["--objective", "mlm"]
 # name -> (YAML objective section, extra pretrain flags, peak lr or None for --lr / --mlm-lr): the arms a
-# study can compare
+# study can compare (a "generator_size" in the section is the YAML's top-level width multiplier)
 ARMS = {
     "electra": ({}, [], None),
     "mlm": ({"kind": "mlm"}, MLM, None),
@@ -49,6 +49,8 @@ ARMS = {
     "electra-t2-lr3e-3": ({"temperature": 2.0}, [], 3e-3),
     "mlm-lr5e-4": ({"kind": "mlm"}, MLM, 5e-4),
     "mlm-lr3e-3": ({"kind": "mlm"}, MLM, 3e-3),
+    # a generator half the discriminator's width (tiny: 64, not 32): does it leave the unigram stage sooner?
+    "electra-t2-g05": ({"temperature": 2.0, "generator_size": 0.5}, [], None),
 }
 TASKS = {"en": ["SST-2", "MRPC", "STS-B", "CoNLL-2003"], "zh": ["ChnSentiCorp", "Weibo NER"]}
 
@@ -77,10 +79,12 @@ def spec_file(args, arm: str) -> Path:
     """A YAML of the study's model with the arm's objective settings."""
     import yaml
 
-    section = ARMS[arm][0]
+    section = dict(ARMS[arm][0])
     spec = {"model": args.size}
     if args.spec:
         spec = yaml.safe_load(Path(args.spec).read_text())
+    if "generator_size" in section:
+        spec["generator_size"] = section.pop("generator_size")
     spec = {**spec, "objective": {**spec.get("objective", {}), **section}}
     if section.get("kind") == "mlm":
         spec.pop("generator_size", None)
@@ -266,7 +270,7 @@ def main() -> None:
         for arm in args.arms:
             key = f"{arm}-{budget}"
             steps = math.ceil(seconds(budget) * rate)  # ELECTRA's steps in the budget
-            if not arm.startswith("electra"):
+            if flops_per_step(args, arm) != electra_flops:
                 steps = math.ceil(steps * electra_flops / flops_per_step(args, arm))  # the same FLOPs
             lr = ARMS[arm][2] or (args.mlm_lr if arm.startswith("mlm") and args.mlm_lr else args.lr)
             started = time.perf_counter()
