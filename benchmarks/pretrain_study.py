@@ -260,6 +260,13 @@ def main() -> None:
     study.update(date=date.today().isoformat(), machine=f"{cpu_name()}, {platform.machine()}; one thread per job")
 
     def save():
+        # two studies may share OUT (one lane per budget): keep what the other has written since we read it
+        if state_path.is_file():
+            on_disk = json.loads(state_path.read_text())
+            for key, value in on_disk.items():
+                study.setdefault(key, value)
+            for key, value in on_disk.get("runs", {}).items():
+                study["runs"].setdefault(key, value)
         state_path.write_text(json.dumps(study, indent=2) + "\n")
 
     rate = study.get("electra_steps_per_s") or steps_per_second(args)

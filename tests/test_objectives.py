@@ -85,6 +85,10 @@ def test_mlm_pretrains_exports_as_masked_lm_and_fine_tunes(prepared, tmp_path): 
     ids = torch.tensor([[2, 40, 41, 42, 3]])
     with torch.no_grad():
         torch.testing.assert_close(hf(input_ids=ids).logits, pre.generator.eval()(ids), rtol=1e-5, atol=1e-5)
+        # the export directory itself is a --model source, as an ELECTRA export is (its generator/ only)
+        exported = load_pretrained(tmp_path / "hf")
+        torch.testing.assert_close(exported.generator.eval()(ids), pre.generator(ids), rtol=1e-5, atol=1e-5)
+    assert run(COMMANDS, ["fill-mask", "--model", str(tmp_path / "hf"), "the [MASK] sat"]) == 0
     (tmp_path / "t.tsv").write_text("sentence\tlabel\n" + "".join(f"the cat {i}\t{i % 2}\n" for i in range(16)))
     assert run(COMMANDS, ["finetune", "--task", "classification", "--model", str(out), "--train", str(tmp_path / "t.tsv"),
                           "--dev", str(tmp_path / "t.tsv"), "--out", str(tmp_path / "ft"), "--epochs", "1",

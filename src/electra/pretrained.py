@@ -87,6 +87,8 @@ def resolve(src: str) -> Path:
             return ckpt
         if (path / "discriminator" / "config.json").is_file():  # an `electra export` output
             return path / "discriminator"
+        if (path / "generator" / "config.json").is_file():  # the export of an MLM run: a masked LM only
+            return path / "generator"
         raise UserError(f"{path} is not a model directory: it has no electra.json, config.json "
                         "or step-* checkpoints")
     if path.exists():
