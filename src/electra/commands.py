@@ -202,7 +202,7 @@ def pretrain(*, data: Path, model: str | None = None, out: Path, max_steps: int 
 
     Args:
         data: a directory written by `electra prepare`
-        model: a size (tiny, small, base, large), a packaged recipe (`demo`; README "Recipes") or a YAML file of
+        model: a size (tiny, small, base, large), a packaged recipe (`demo`, `cpu-1h`; README "Recipes") or a YAML file of
             model/objective/train settings (default small;
             with --resume, the saved run's)
         out: the run directory (checkpoints, metrics, plots)
