@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=20000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4, help="the continued pretraining's peak rate")
+    ap.add_argument("--spec", help="a YAML whose objective section the continued pretraining keeps (e.g. the "
+                    "study's electra-t2.yaml: the generator sampled at temperature 2); the architecture is --model's")
     ap.add_argument("--objective", choices=["electra", "mlm"], default="electra",
                     help="the continued pretraining's objective: the one the model was pretrained with")
     ap.add_argument("--data-root", type=Path, default=HERE.parents[1] / "shared" / "data")
@@ -76,7 +78,8 @@ def main() -> None:
                     raise SystemExit(f"failed: {' '.join(cmd)}")
             resume = ["--resume"] if (root / "run" / "run.json").is_file() else ["--init", args.model]
             electra("pretrain", "--data", root / "data", "--out", root / "run", "--max-steps", args.steps, "--batch-size", args.batch_size, "--lr", args.lr, "--eval-every", "0",
-                    "--save-every", "500", "--objective", args.objective, *resume)
+                    "--save-every", "500", "--objective", args.objective, *resume,
+                    *(["--model", args.spec] if args.spec else []))
             done.write_text("")
         rows = {}
         for arm, model in (("tapt", root / "run"), ("base", Path(args.model))):

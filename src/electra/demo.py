@@ -126,7 +126,8 @@ def run_demo(out: Path, steps: int | None, batch_size: int | None, lr: float | N
     print(f"Hugging Face export: {out / 'export'}/discriminator and /generator "
           "(ElectraForPreTraining / ElectraForMaskedLM)")
     print(f"Try: electra detect --model {run} \"your sentence with one odd carrot\"")
-    return {"auc": auc["auc"], "auc_frequent": frequent["auc"], "gaps": gaps, "ranks": ranks, "fill_mask_shown": shows_context(filled)}
+    return {"auc": auc["auc"], "auc_frequent": frequent["auc"], "gaps": gaps, "ranks": ranks,
+            "fill_mask_shown": shows_context(filled)}
 
 
 def shows_context(candidates: list[list[dict]], overlap: float = 0.6, confident: float = 0.02) -> bool:
