@@ -100,12 +100,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    manifest = json.loads((args.data / "manifest.json").read_text())
-    first_regular = max(manifest["special_ids"].values()) + 1
     from electra.data.dataset import PretrainingData
     from electra.evaluation import token_frequencies
 
-    prior = token_frequencies(PretrainingData(args.data, "train"), first_regular)
+    train = PretrainingData(args.data, "train")
+    first_regular = max(train.special.values()) + 1
+    prior = token_frequencies(train, first_regular)
     results = {}
     for spec in args.models:
         name, _, src = spec.partition("=")

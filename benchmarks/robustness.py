@@ -181,7 +181,7 @@ def table(args, results: dict) -> str:
         if args.generator:
             lines += [f"Generator attack with the generator of {args.generator}.", ""]
         lines += adversarial_table(rows)
-        adversarial_plot(rows, args.out / f"adversarial{attack_name(args)[6:]}.png")
+        adversarial_plot(rows, args.out / f"adversarial{attack_name(args).removeprefix('attack')}.png")
     if "zero-shot" in results:
         z = results["zero-shot"]
         lines += ["", f"zero-shot accuracy {z['accuracy']:.4f} (majority class {z['majority_accuracy']:.4f})", "",
@@ -247,7 +247,7 @@ def main() -> None:
             raise SystemExit("few-shot needs --template and --verbalizer")
         few_shot(args, results, save)
     text = table(args, results)
-    suffix = attack_name(args)[6:] if args.what == "adversarial" else ""
+    suffix = attack_name(args).removeprefix("attack") if args.what == "adversarial" else ""
     (args.out / f"{args.what}{suffix}.md").write_text(text + "\n")
     print(text)
 

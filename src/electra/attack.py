@@ -28,8 +28,9 @@ import numpy as np
 from electra.errors import UserError
 
 KEYBOARD = ["qwertyuiop", "asdfghjkl", "zxcvbnm"]
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-_WIDE = "\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef"  # CJK characters, punctuation and full-width forms
+_HAN = "\u3400-\u9fff\uf900-\ufaff"
+_CJK = re.compile(f"[{_HAN}]")
+_WIDE = f"\u3000-\u303f{_HAN}\uff00-\uffef"  # CJK characters, punctuation and full-width forms
 _CJK_UNITS = re.compile(rf"[{_WIDE}]|\s+|[^\s{_WIDE}]+")
 
 
