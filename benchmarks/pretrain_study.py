@@ -51,6 +51,9 @@ ARMS = {
     "mlm-lr3e-3": ({"kind": "mlm"}, MLM, 3e-3),
     # a generator half the discriminator's width (tiny: 64, not 32): does it leave the unigram stage sooner?
     "electra-t2-g05": ({"temperature": 2.0, "generator_size": 0.5}, [], None),
+    # a generator as wide as the discriminator, sampled at T=1: the released ELECTRA-Small's choice ("the generator
+    # size is 1 for the ELECTRA-Small model", google-research/electra#39), for when a quarter-width one stays unigram
+    "electra-g1": ({"generator_size": 1.0}, [], None),
 }
 TASKS = {"en": ["SST-2", "MRPC", "STS-B", "CoNLL-2003"], "zh": ["ChnSentiCorp", "Weibo NER"]}
 

@@ -187,9 +187,11 @@ def table(args, results: dict) -> str:
         lines += ["", f"zero-shot accuracy {z['accuracy']:.4f} (majority class {z['majority_accuracy']:.4f})", "",
                   "| K per class | seeds | prompt | head | prompt - head (paired, mean ± sd) | seeds prompt wins | "
                   "paired t-test p |", "|---|---|---|---|---|---|---|"]
-        for k in args.shots:
+        runs = [key.split("/") for key in results if key.startswith("few-shot/")]  # every seed run so far, any call
+        for k in sorted({int(k) for _, k, _, _ in runs}):
+            seeds = sorted({int(s) for _, kk, s, _ in runs if int(kk) == k})
             pairs = [(results.get(f"few-shot/{k}/{s}/prompt"), results.get(f"few-shot/{k}/{s}/classification"))
-                     for s in args.seeds]
+                     for s in seeds]
             pairs = [(p["accuracy"], h["accuracy"]) for p, h in pairs if p and h]
             if pairs:  # the same K examples per seed: compare pairwise
                 lines.append(f"| {k} | {len(pairs)} | " + paired_cells([x[0] for x in pairs], [x[1] for x in pairs]))

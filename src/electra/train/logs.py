@@ -127,12 +127,16 @@ def plot_curves(run: Path, panels: list[tuple[str, list[str]]], out_name: str = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
-    for ax, (title, keys) in zip(list(axes) if len(panels) > 1 else [axes], panels):
-        for key in keys:
-            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-            if pts:
-                ax.plot(*zip(*pts), label=key, marker="." if len(pts) < 30 else None)
+    series = [(title, [(key, [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))])
+                       for key in keys]) for title, keys in panels]
+    series = [(title, [(k, pts) for k, pts in lines if pts]) for title, lines in series]
+    series = [(title, lines) for title, lines in series if lines]  # an objective without these metrics: no panel
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.4), squeeze=False)
+    for ax, (title, lines) in zip(axes[0], series):
+        for key, pts in lines:
+            ax.plot(*zip(*pts), label=key, marker="." if len(pts) < 30 else None)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
