@@ -174,7 +174,7 @@ def test_gdes_and_nes_runs_export_plain_discriminators_with_transformers_parity(
     ckpt = sorted(out.glob("step-*"))[-1]
     load_pretraining_state(model, read_weights(ckpt), ckpt)
     if sharing == "gdes":
-        assert float(model.discriminator.encoder.embeddings.delta["word_weight"].abs().max()) > 0  # it trained
+        assert float(model.discriminator.encoder.embeddings.delta["word_weight"].detach().abs().max()) > 0  # it trained
     export_hf(pre, tmp_path / "hf")
     hf = transformers.ElectraForPreTraining.from_pretrained(tmp_path / "hf" / "discriminator").eval()
     b = PretrainingData(prepared / "data").batch(np.arange(4))
@@ -275,6 +275,7 @@ def test_packaged_recipes_by_name(prepared, tmp_path, monkeypatch, capsys):  # n
         res = resolve_config(name, {}, 1000, 0)
         assert res.train.max_steps > 0 and res.train.lr > 0, name
     assert resolve_config("demo", {}, 1000, 0).objective.temperature == 2.0
+    assert resolve_config("cpu-1h-mlm", {}, 1000, 0).objective.kind == "mlm"  # BERT-style, from the YAML alone
     assert resolve_config("demo", {"lr": 5e-4}, 1000, 0).train.lr == 5e-4  # flags still win
     # a run directory that carries a recipe's name is the run, not the recipe
     monkeypatch.chdir(tmp_path)

@@ -202,9 +202,9 @@ def pretrain(*, data: Path, model: str | None = None, out: Path, max_steps: int 
 
     Args:
         data: a directory written by `electra prepare`
-        model: a size (tiny, small, base, large), a packaged recipe (`demo`, `cpu-1h`; README "Recipes") or a YAML file of
-            model/objective/train settings (default small;
-            with --resume, the saved run's)
+        model: a size (tiny, small, base, large), a packaged recipe (`demo`, `cpu-1h`, `cpu-1h-mlm`; README
+            "Recipes") or a YAML file of model/objective/train settings (default small; with --resume, the saved
+            run's)
         out: the run directory (checkpoints, metrics, plots)
         max_steps: optimizer steps (default 10000)
         batch_size: global batch size in examples (default 128)
