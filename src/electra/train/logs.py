@@ -127,10 +127,12 @@ def plot_curves(run: Path, panels: list[tuple[str, list[str]]], out_name: str = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [(title, [(key, [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))])
-                       for key in keys]) for title, keys in panels]
-    series = [(title, [(k, pts) for k, pts in lines if pts]) for title, lines in series]
-    series = [(title, lines) for title, lines in series if lines]  # an objective without these metrics: no panel
+    series = []
+    for title, keys in panels:
+        lines = [(key, pts) for key in keys
+                 if (pts := [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))])]
+        if lines:  # an objective without these metrics (MLM: the discriminator's) gets no panel
+            series.append((title, lines))
     if not series:
         return None
     fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.4), squeeze=False)
