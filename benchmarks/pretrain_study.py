@@ -13,8 +13,9 @@ so runs are matched by compute, not by steps or by time. Each model is exported 
 benchmarks/finetune_suite.py (three seeds; scores from `electra finetune`'s dev evaluation); the
 same encoder from random weights (the scratch arm) is fine-tuned once.
 
-Resumable: finished pretraining runs (their export exists) and finished fine-tuning runs (in each
-suite's results.json) are kept; run it again to continue. Writes OUT/study.json, OUT/study.md (a
+Resumable: finished pretraining runs (their export exists), finished fine-tuning runs (in each
+suite's results.json) and every run scored in OUT/study.json are kept; run it again to continue. A
+fresh checkout continues from the committed study.json: copy it into OUT. Writes OUT/study.json, OUT/study.md (a
 table per budget) and OUT/study.png (suite average against FLOPs, one line per objective, scratch
 as a horizontal line).
 """
@@ -54,6 +55,9 @@ ARMS = {
     # a generator as wide as the discriminator, sampled at T=1: the released ELECTRA-Small's choice ("the generator
     # size is 1 for the ELECTRA-Small model", google-research/electra#39), for when a quarter-width one stays unigram
     "electra-g1": ({"generator_size": 1.0}, [], None),
+    # the same at T=2: at T=1 a full-width generator's samples are hard, and the discriminator's recall stayed at the
+    # base rate for half of the 1-hour run in both languages (session 15)
+    "electra-t2-g1": ({"temperature": 2.0, "generator_size": 1.0}, [], None),
 }
 TASKS = {"en": ["SST-2", "MRPC", "STS-B", "CoNLL-2003"], "zh": ["ChnSentiCorp", "Weibo NER"]}
 
@@ -135,7 +139,7 @@ def pretrain(args, arm: str, budget: str, steps: int, lr: float) -> Path:
     print(f"study: pretraining {arm} for {budget} ({steps:,} steps, lr {lr:g})", file=sys.stderr)
     electra("pretrain", "--data", str(args.data), "--model", str(spec_file(args, arm)), "--out", str(run),
             "--batch-size", str(args.batch_size), "--max-steps", str(steps), "--lr", str(lr), "--eval-every",
-            str(max(1, steps // 5)), "--save-every", str(max(1, steps // 10)), *flags, *resume)
+            str(max(1, steps // 5)), "--save-every", str(max(1, steps // 10)), *flags, *resume, threads=args.threads)
     electra("export", "--model", str(run), "--out", str(export), "--overwrite")
     (export / "done").write_text("")
     return export
@@ -254,31 +258,41 @@ def main() -> None:
     ap.add_argument("--mlm-lr", type=float, help="MLM's peak rate (default: --lr)")
     ap.add_argument("--ft-lr", type=float, default=5e-4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads per pretraining job: the budget stays one thread's steps, more threads only finish "
+                         "it sooner (a 2-hour arm: about 83 minutes with 2 threads alone, 133 with 1 beside another)")
     ap.add_argument("--jobs", type=int, default=1, help="fine-tuning runs at a time (one thread each)")
     ap.add_argument("--data-root", type=Path, default=HERE.parents[1] / "shared" / "data")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / "study.json"
     study = json.loads(state_path.read_text()) if state_path.is_file() else {"runs": {}}
-    study.update(date=date.today().isoformat(), machine=f"{cpu_name()}, {platform.machine()}; one thread per job")
+    study.update(date=date.today().isoformat(), machine=f"{cpu_name()}, {platform.machine()}; one thread per job "
+                 "(a pretraining run's own count, when --threads gave more, is its pretrain_threads)")
 
-    def save():
-        # two studies may share OUT (one lane per budget): keep what the other has written since we read it
-        if state_path.is_file():
-            on_disk = json.loads(state_path.read_text())
-            for key, value in on_disk.items():
-                study.setdefault(key, value)
-            for key, value in on_disk.get("runs", {}).items():
-                study["runs"].setdefault(key, value)
-        state_path.write_text(json.dumps(study, indent=2) + "\n")
+    def save(key: str | None = None):
+        """Write the run `key` (and the top-level fields) into study.json as it is on disk now: two studies may
+        share OUT (one lane per arm), so every other run is taken from disk, where the other lane may have
+        finished it since we read it."""
+        on_disk = json.loads(state_path.read_text()) if state_path.is_file() else {"runs": {}}
+        if key:
+            on_disk["runs"][key] = study["runs"][key]
+        study["runs"] = {**study["runs"], **on_disk["runs"]}
+        state_path.write_text(json.dumps({**on_disk, **study}, indent=2) + "\n")
 
     rate = study.get("electra_steps_per_s") or steps_per_second(args)
     study["electra_steps_per_s"] = rate
     save()
     electra_flops = flops_per_step(args, "electra")
+    tasks = TASKS[args.lang]
+    # a run whose suite is scored for every seed is finished, even when its files are gone (a fresh checkout
+    # holding only the committed study.json)
+    scored = lambda per_task: all(len(per_task.get(t, [])) >= len(args.seeds) for t in tasks)
     for budget in args.budgets:  # pretrain every arm of every budget first: the suites reuse the exports
         for arm in args.arms:
             key = f"{arm}-{budget}"
+            if scored(study["runs"].get(key, {}).get("scores", {})):
+                continue
             steps = math.ceil(seconds(budget) * rate)  # ELECTRA's steps in the budget
             if flops_per_step(args, arm) != electra_flops:
                 steps = math.ceil(steps * electra_flops / flops_per_step(args, arm))  # the same FLOPs
@@ -288,21 +302,28 @@ def main() -> None:
             run = study["runs"].setdefault(key, {})
             run.update(steps=steps, lr=lr, flops=steps * flops_per_step(args, arm), export=str(export))
             run.setdefault("pretrain_wall_s", round(time.perf_counter() - started, 1))
-            save()
+            run.setdefault("pretrain_threads", args.threads)
+            save(key)
     for budget in args.budgets:
         for arm in args.arms:
-            run = study["runs"][f"{arm}-{budget}"]
+            key = f"{arm}-{budget}"
+            run = study["runs"][key]
+            if scored(run.get("scores", {})):
+                continue
             results = suite(args, Path(run["export"]) / "discriminator" if not arm.startswith("mlm")
                             else Path(run["export"]) / "generator", args.out / f"suite-{arm}-{budget}", ["pretrained"])
             run["scores"] = scores(results, "pretrained")
-            run["summary"] = summary(run["scores"], TASKS[args.lang])
-            save()
+            run["summary"] = summary(run["scores"], tasks)
+            save(key)
     # the scratch arm takes only the tokenizer from a model: always the study's first, as its suite recorded
-    source = study.setdefault("scratch_source", next(iter(study["runs"].values()))["export"])
-    results = suite(args, Path(source) / "discriminator", args.out / "suite-scratch", ["scratch"])
-    study["scratch_scores"] = scores(results, "scratch")
-    study["scratch"] = summary(study["scratch_scores"], TASKS[args.lang])
-    save()
+    if not scored(study.get("scratch_scores", {})):
+        source = study.setdefault("scratch_source", next(iter(study["runs"].values()))["export"])
+        if not Path(source).is_dir():  # gone with a fresh checkout: any of this study's exports has the tokenizer
+            source = next(r["export"] for r in study["runs"].values() if Path(r["export"]).is_dir())
+        results = suite(args, Path(source) / "discriminator", args.out / "suite-scratch", ["scratch"])
+        study["scratch_scores"] = scores(results, "scratch")
+        study["scratch"] = summary(study["scratch_scores"], tasks)
+        save()
     report(args, study)
 
 
