@@ -15,9 +15,9 @@ same encoder from random weights (the scratch arm) is fine-tuned once.
 
 Resumable: finished pretraining runs (their export exists), finished fine-tuning runs (in each
 suite's results.json) and every run scored in OUT/study.json are kept; run it again to continue. A
-fresh checkout continues from the committed study.json: copy it into OUT. Writes OUT/study.json, OUT/study.md (a
-table per budget) and OUT/study.png (suite average against FLOPs, one line per objective, scratch
-as a horizontal line).
+fresh checkout continues from the committed study.json: copy it into OUT. Writes OUT/study.json,
+OUT/study.md (a table per budget) and OUT/study.png (suite average against FLOPs, one line per
+objective, scratch as a horizontal line).
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1,
                     help="threads per pretraining job: the budget stays one thread's steps, more threads only finish "
-                         "it sooner (a 2-hour arm: about 83 minutes with 2 threads alone, 133 with 1 beside another)")
+                         "it sooner (a 2-hour arm: about 83 minutes with 2 threads alone, 2 h 20 min with 1 beside another job)")
     ap.add_argument("--jobs", type=int, default=1, help="fine-tuning runs at a time (one thread each)")
     ap.add_argument("--data-root", type=Path, default=HERE.parents[1] / "shared" / "data")
     args = ap.parse_args()
