@@ -55,8 +55,8 @@ ARMS = {
     # a generator as wide as the discriminator, sampled at T=1: the released ELECTRA-Small's choice ("the generator
     # size is 1 for the ELECTRA-Small model", google-research/electra#39), for when a quarter-width one stays unigram
     "electra-g1": ({"generator_size": 1.0}, [], None),
-    # the same at T=2: at T=1 a full-width generator's samples are hard, and the discriminator's recall stayed at the
-    # base rate for half of the 1-hour run in both languages (session 15)
+    # the same at T=2: at T=1 a full-width generator's samples are hard, and the discriminator's recall was still at
+    # the base rate 20% (English) and 47% (Chinese) into the 1-hour runs (session 15)
     "electra-t2-g1": ({"temperature": 2.0, "generator_size": 1.0}, [], None),
 }
 TASKS = {"en": ["SST-2", "MRPC", "STS-B", "CoNLL-2003"], "zh": ["ChnSentiCorp", "Weibo NER"]}
@@ -260,7 +260,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1,
                     help="threads per pretraining job: the budget stays one thread's steps, more threads only finish "
-                         "it sooner (a 2-hour arm: about 83 minutes with 2 threads alone, 2 h 20 min with 1 beside another job)")
+                         "it sooner (a 2-hour arm: 2 h 23 min measured with 1 beside another job, about 83 minutes estimated with 2 alone)")
     ap.add_argument("--jobs", type=int, default=1, help="fine-tuning runs at a time (one thread each)")
     ap.add_argument("--data-root", type=Path, default=HERE.parents[1] / "shared" / "data")
     args = ap.parse_args()
